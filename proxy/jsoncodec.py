@@ -1,0 +1,61 @@
+"""The one place JSON is read and written. Pure.
+
+orjson is fast but refuses the bare `NaN`/`Infinity` tokens that every MLflow server reads
+and writes (protocols.md §4.2, §5.1), and integers beyond 64 bits; the stdlib accepts both.
+So reading tries orjson and falls back to the stdlib, and the legacy-facing writer is the
+stdlib's, whose default separators and float repr are what 1.30.1 wrote (§5.3).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+JSONDecodeError = ValueError
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON as MLflow's `json.loads` does: key order kept, 1 vs 1.0 kept, NaN accepted.
+
+    Raises:
+        ValueError: the text is not JSON (not even with the stdlib's extensions).
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        return json.loads(text)
+
+
+def dumps_legacy(obj: Any) -> bytes:
+    """Serialise as MLflow's `json.dump` with defaults: `", "`/`": "`, ASCII, bare NaN (§5.1)."""
+    return json.dumps(obj).encode("ascii")
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON for the proxy's own endpoints (admin, reports). NaN is not allowed."""
+    return orjson.dumps(obj)
+
+
+def has_non_finite(obj: Any) -> bool:
+    """Whether a parsed value holds NaN or ±Infinity anywhere (§4.2 `upstream_nan`)."""
+    if isinstance(obj, float):
+        return obj != obj or obj in (float("inf"), float("-inf"))
+    if isinstance(obj, list):
+        return any(has_non_finite(item) for item in obj)
+    if isinstance(obj, dict):
+        return any(has_non_finite(item) for item in obj.values())
+    return False
+
+
+def nan_to_null(obj: Any) -> Any:
+    """A copy with every NaN/±Infinity replaced by None (§4.2 `upstream_nan: null`)."""
+    if isinstance(obj, float):
+        return None if obj != obj or obj in (float("inf"), float("-inf")) else obj
+    if isinstance(obj, list):
+        return [nan_to_null(item) for item in obj]
+    if isinstance(obj, dict):
+        return {key: nan_to_null(value) for key, value in obj.items()}
+    return obj
