@@ -36,7 +36,6 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT = 1024
 DEFAULT_POOL_SIZE = 100
 DEFAULT_GRACEFUL_SHUTDOWN_S = 30.0
-DEFAULT_SERVERLESS_PATH = "/serving-endpoints/{endpoint}/invocations"
 PATH_FIELDS = frozenset({"name", "version", "endpoint"})
 VERSION_RE = re.compile(r"^[0-9]+$")
 # Names become URL path segments and metric labels: keep them to what registries allow.

@@ -177,9 +177,7 @@ class MethodNotAllowed(ProxyError):
         self.allow = allow
 
     def to_reply(self) -> Reply:
-        return Reply(
-            self.status_code, E14_PAGE.encode(), HTML, (("allow", ", ".join(self.allow)),)
-        )
+        return Reply(self.status_code, E14_PAGE.encode(), HTML, (("allow", ", ".join(self.allow)),))
 
 
 class NoRoute(ProxyError):

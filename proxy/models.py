@@ -124,3 +124,28 @@ class ModelRef:
     requested: str
     version: str
     endpoint: str
+
+
+@dataclass(slots=True)
+class ExchangeRecord:
+    """What is known about one request, filled in as it moves through the pipeline.
+
+    Opened and emitted exactly once by `RequestContextMiddleware` (architecture §1.1.3):
+    every request ends with one status and, for local replies, one flag.
+    """
+
+    request_id: str
+    method: str
+    path: str
+    started: float
+    client: str | None = None
+    model: str | None = None
+    version: str | None = None
+    legacy_format: str | None = None
+    backend: Backend | None = None
+    status: int = 0
+    flag: str = "-"
+    upstream_s: float | None = None
+    translate_s: float = 0.0
+    total_s: float = 0.0
+    detail: str | None = None

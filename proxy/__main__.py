@@ -1,0 +1,117 @@
+"""Command line: `serving-proxy serve|simulate|demo ...` (also `python -m proxy ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from proxy import __version__
+
+CONFIG_ENV = "SERVING_PROXY_CONFIG"
+
+
+def _configure_logging(level: str) -> None:
+    # Access-log lines are JSON already: print the message alone, one per line.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("serving_proxy")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the proxy under uvicorn with uvloop and httptools."""
+    import uvicorn
+
+    from proxy.app import create_app
+    from proxy.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, os.environ)
+    except ConfigError as exc:
+        print(f"serving-proxy: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or config.listen.host
+    port = config.listen.port if args.port is None else args.port
+    _configure_logging(config.logging.level)
+    trusted = list(config.server.trusted_proxies)
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "proxy_headers": bool(trusted),
+        "forwarded_allow_ips": trusted or None,
+        "timeout_graceful_shutdown": config.server.graceful_shutdown_s,
+        "server_header": False,
+        "access_log": False,
+        "log_level": config.logging.level,
+    }
+    if config.server.workers > 1:
+        # Several workers need an import string: each worker builds its own app.
+        os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+        uvicorn.run("proxy.app:app_from_env", factory=True, workers=config.server.workers, **common)
+    else:
+        uvicorn.run(create_app(config), **common)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from proxy.simulator import run_simulate
+
+    return run_simulate(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.demo import run_demo
+
+    return run_demo(args.demo_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="serving-proxy",
+        description="Legacy MLflow 1.x Model Serving in front, MLflow 2 serving endpoints behind.",
+    )
+    parser.add_argument("--version", action="version", version=f"serving-proxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_ENV),
+        required=CONFIG_ENV not in os.environ,
+        help=f"YAML config file (default: ${CONFIG_ENV})",
+    )
+    serve.add_argument("--host", help="override listen.host")
+    serve.add_argument("--port", type=int, help="override listen.port")
+    serve.set_defaults(func=cmd_serve)
+
+    simulate = sub.add_parser("simulate", help="run a legacy or serverless scoring simulator")
+    try:
+        from proxy.simulator import add_simulate_arguments
+    except ImportError:  # pragma: no cover - only while the simulator is being written
+        pass
+    else:
+        add_simulate_arguments(simulate)
+    simulate.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser("demo", help="run the end-to-end demo on loopback")
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

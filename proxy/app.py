@@ -1,0 +1,154 @@
+"""Assembles the ASGI app: routes, middleware order, the one error renderer, the lifespan.
+
+Middleware, outermost first (Envoy's filter chain, architecture §1.3):
+ServerErrorMiddleware (Starlette's: a bug becomes a legacy-shaped 500) →
+RequestContextMiddleware (request id, record, access log exactly once) →
+BodyLimitMiddleware (413 before buffering) → ExceptionMiddleware (renders ProxyError) →
+router.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from proxy import accesslog, handlers
+from proxy.config import ProxyConfig
+from proxy.errors import InternalError, MethodNotAllowed, NoRoute, ProxyError
+from proxy.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from proxy.models import ExchangeRecord, Reply
+from proxy.runtime import Runtime, UpstreamFactory
+
+LOGGER = logging.getLogger("serving_proxy")
+# Route every method to the handlers, which answer each the way 1.30.1 did (§6.5).
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _record(request: Request) -> ExchangeRecord | None:
+    record = request.scope.get("state", {}).get("record")
+    return record if isinstance(record, ExchangeRecord) else None
+
+
+async def _render_proxy_error(request: Request, exc: Exception) -> Response:
+    """The one place a local reply is rendered (architecture §1.4)."""
+    assert isinstance(exc, ProxyError)
+    record = _record(request)
+    if record is not None:
+        record.flag, record.detail = exc.flag, exc.message
+    return handlers.local_reply(exc)
+
+
+async def _render_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (no route, unrouted method) in 1.30.1's shapes (§6.5)."""
+    assert isinstance(exc, HTTPException)
+    error: ProxyError = (
+        MethodNotAllowed(tuple(handlers.INVOCATION_ALLOW))
+        if exc.status_code == 405
+        else NoRoute(f"no route for {request.url.path}")
+    )
+    return await _render_proxy_error(request, error)
+
+
+async def _render_bug(request: Request, exc: Exception) -> Response:
+    """An unhandled exception: 500 without a traceback for the client (§6.5 bug)."""
+    record = _record(request)
+    if record is not None:
+        record.flag, record.detail = "BUG", type(exc).__name__
+    return handlers.local_reply(InternalError())
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process serves HTTP."""
+    return handlers.ReplyResponse(Reply(200, b'{"status":"ok"}'))
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: the lifespan has built the upstream pools."""
+    ready = getattr(request.state, "runtime", None) is not None
+    return handlers.ReplyResponse(
+        Reply(200, b'{"status":"ready"}') if ready else Reply(503, b'{"status":"starting"}')
+    )
+
+
+def routes() -> list[Route]:
+    legacy = "/model/{name}/{version}"
+    return [
+        Route(f"{legacy}/invocations", handlers.legacy_invocations, methods=ALL_METHODS),
+        Route(
+            "/serving-endpoints/{endpoint}/invocations",
+            handlers.new_style_invocations,
+            methods=ALL_METHODS,
+        ),
+        Route(
+            "/model-endpoint/{name}/{version}/invocations",
+            handlers.new_style_invocations,
+            methods=ALL_METHODS,
+        ),
+        Route("/invocations", handlers.root_invocations, methods=ALL_METHODS),
+        *(
+            Route(f"{prefix}/{word}", handlers.auxiliary, methods=ALL_METHODS)
+            for word in handlers.AUX_BODIES
+            for prefix in ("", legacy)
+        ),
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+    ]
+
+
+def create_app(
+    config: ProxyConfig,
+    *,
+    upstream_factory: UpstreamFactory | None = None,
+    on_complete: Callable[[ExchangeRecord], None] | None = None,
+) -> Starlette:
+    """Build the proxy for a validated config.
+
+    Args:
+        config: the validated, frozen config.
+        upstream_factory: builds one `Upstream` per backend pool (default aiohttp);
+            benchmarks pass `HttpxUpstream`.
+        on_complete: called with every finished record (default: the access log).
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        runtime = Runtime.build(config, upstream_factory)
+        try:
+            yield {"runtime": runtime}
+        finally:
+            await runtime.aclose()
+
+    def complete(record: ExchangeRecord) -> None:
+        accesslog.emit(record, enabled=config.logging.access_log)
+
+    return Starlette(
+        routes=routes(),
+        middleware=[
+            Middleware(RequestContextMiddleware, on_complete=on_complete or complete),
+            Middleware(BodyLimitMiddleware, max_body_bytes=config.limits.max_body_bytes),
+        ],
+        exception_handlers={
+            ProxyError: _render_proxy_error,
+            HTTPException: _render_http_exception,
+            Exception: _render_bug,
+        },
+        lifespan=lifespan,
+    )
+
+
+def app_from_env() -> Starlette:
+    """The app factory each uvicorn worker calls when `server.workers` > 1."""
+    import os
+
+    from proxy.config import load_config
+
+    return create_app(load_config(os.environ["SERVING_PROXY_CONFIG"], os.environ))

@@ -1,0 +1,126 @@
+"""Pure ASGI middleware that wraps every request (architecture §1.3 steps 3–4, 9).
+
+Never `BaseHTTPMiddleware`: it buffers and re-wraps every response, and it runs the
+endpoint in another task, both costly on the hot path.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from proxy.errors import PayloadTooLarge
+from proxy.models import ExchangeRecord, Reply
+
+# A client's id is echoed into logs and upstream headers: accept only a plain token.
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def reply_messages(reply: Reply, extra: list[tuple[bytes, bytes]] | None = None) -> list[Message]:
+    """The two ASGI messages of a buffered reply."""
+    headers = [(b"content-length", str(len(reply.body)).encode())]
+    if reply.content_type is not None:
+        headers.append((b"content-type", reply.content_type.encode("latin-1")))
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+    headers += extra or []
+    return [
+        {"type": "http.response.start", "status": reply.status, "headers": headers},
+        {"type": "http.response.body", "body": reply.body},
+    ]
+
+
+def record_of(scope: Scope) -> ExchangeRecord | None:
+    """The record `RequestContextMiddleware` opened for this request, if any."""
+    record = scope.get("state", {}).get("record")
+    return record if isinstance(record, ExchangeRecord) else None
+
+
+class RequestContextMiddleware:
+    """Stamps the request id, opens the record, and emits it exactly once at the end."""
+
+    def __init__(self, app: ASGIApp, *, on_complete: Callable[[ExchangeRecord], None]) -> None:
+        self.app = app
+        self.on_complete = on_complete
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if REQUEST_ID_RE.match(candidate):
+                    request_id = candidate
+                break
+        client = scope.get("client")
+        record = ExchangeRecord(
+            request_id=request_id or uuid.uuid4().hex,
+            method=scope["method"],
+            path=scope["path"],
+            started=time.perf_counter(),
+            client=client[0] if client else None,
+        )
+        scope.setdefault("state", {})["record"] = record
+        id_header = (b"x-request-id", record.request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except BaseException:
+            if record.status == 0:
+                record.status, record.flag = 500, "BUG"
+            raise
+        finally:
+            record.total_s = time.perf_counter() - record.started
+            self.on_complete(record)
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over the limit (§4.2) before they are buffered.
+
+    A declared Content-Length over the limit is answered here, at once. A chunked body
+    is counted as it arrives and `receive` raises `PayloadTooLarge` inside the handler,
+    where the app's one error renderer answers it.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.limit:
+                    error = PayloadTooLarge(self.limit)
+                    record = record_of(scope)
+                    if record is not None:
+                        record.flag, record.detail = error.flag, error.message
+                    for message in reply_messages(error.to_reply()):
+                        await send(message)
+                    return
+                break
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise PayloadTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counted, send)

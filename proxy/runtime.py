@@ -1,0 +1,60 @@
+"""The live objects one running app owns: config, targets, upstream pools, admission.
+
+Built by the app's lifespan and handed to handlers as lifespan state (Starlette
+`docs/lifespan.md`), so nothing here is a module-level global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from proxy.backends import ModelTargets, Target, build_targets
+from proxy.config import ProxyConfig
+from proxy.errors import Overloaded
+from proxy.upstream import AiohttpUpstream, Upstream, UpstreamSettings
+
+UpstreamFactory = Callable[[UpstreamSettings], Upstream]
+
+
+@dataclass
+class Runtime:
+    config: ProxyConfig
+    targets: dict[str, ModelTargets]
+    upstream_factory: UpstreamFactory = AiohttpUpstream
+    upstreams: dict[UpstreamSettings, Upstream] = field(default_factory=dict)
+    in_flight: int = 0
+
+    @classmethod
+    def build(cls, config: ProxyConfig, factory: UpstreamFactory | None = None) -> Runtime:
+        runtime = cls(config, build_targets(config), factory or AiohttpUpstream)
+        # Open every pool now so the first request pays no set-up.
+        for targets in runtime.targets.values():
+            for target in (targets.serverless, targets.legacy):
+                if target is not None:
+                    runtime.upstream(target)
+        return runtime
+
+    def upstream(self, target: Target) -> Upstream:
+        """The one pool shared by every model that names the same backend settings."""
+        pool = self.upstreams.get(target.settings)
+        if pool is None:
+            pool = self.upstreams[target.settings] = self.upstream_factory(target.settings)
+        return pool
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of `limits.max_in_flight` places, or refuse with 503 (§6.5 UO)."""
+        if self.in_flight >= self.config.limits.max_in_flight:
+            raise Overloaded()
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def aclose(self) -> None:
+        for pool in self.upstreams.values():
+            await pool.aclose()
+        self.upstreams.clear()

@@ -1,0 +1,153 @@
+"""Config validation: every bad key or value stops start-up naming the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_TOTAL_TIMEOUT_S,
+    ConfigError,
+    load_config,
+    parse_config,
+)
+from proxy.models import Backend, CsvMode
+
+CONTRACT = """
+listen: {host: 127.0.0.1, port: 8080}
+backends:
+  legacy:     {url: "http://127.0.0.1:5001"}
+  serverless: {url: "http://127.0.0.1:5002", path: "/model-endpoint/{name}/{version}/invocations"}
+models:
+  iris:
+    stages: {Production: "3", Staging: "4"}
+    serverless: {url: "http://127.0.0.1:5003", path: "/invocations"}
+    route: serverless
+"""
+
+
+def base() -> dict[str, Any]:
+    return {
+        "backends": {"serverless": {"url": "http://127.0.0.1:5002"}},
+        "models": {"iris": {}},
+    }
+
+
+def test_the_issue_contract_loads(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(CONTRACT)
+    config = load_config(path, {})
+    assert config.listen.port == 8080
+    iris = config.models["iris"]
+    assert iris.stages == {"Production": "3", "Staging": "4"}
+    assert iris.route is Backend.SERVERLESS
+    assert iris.serverless is not None
+    assert iris.serverless.path == "/invocations"
+    assert config.limits.max_body_bytes == DEFAULT_MAX_BODY_BYTES
+    assert config.backends.serverless is not None
+    assert config.backends.serverless.timeout.total == DEFAULT_TOTAL_TIMEOUT_S
+
+
+def test_defaults_for_a_bare_model() -> None:
+    config = parse_config({**base(), "models": {"iris": None}}, {})
+    iris = config.models["iris"]
+    assert iris.route is Backend.SERVERLESS
+    assert iris.csv_mode is CsvMode.PASSTHROUGH
+    assert iris.accept_v2_bodies is False
+
+
+def test_yaml_ints_become_version_strings() -> None:
+    config = parse_config(
+        {**base(), "models": {"iris": {"stages": {"Production": 3}, "versions": [1, 3]}}}, {}
+    )
+    assert config.models["iris"].stages == {"Production": "3"}
+    assert config.models["iris"].versions == ("1", "3")
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        pytest.param({"listen": {"hots": "x"}}, "listen.hots: unknown key", id="unknown-key"),
+        pytest.param({"listen": {"port": 70000}}, "listen.port", id="port-range"),
+        pytest.param({"models": {"iris": {"route": "both"}}}, "models.iris.route", id="route"),
+        pytest.param(
+            {"models": {"iris": {"stages": {"Production": "three"}}}},
+            "models.iris.stages.Production",
+            id="stage-not-a-version",
+        ),
+        pytest.param(
+            {"models": {"iris": {"route": "legacy"}}},
+            "backends.legacy is not configured",
+            id="legacy-route-without-backend",
+        ),
+        pytest.param(
+            {"backends": {"serverless": {"url": "ftp://x"}}},
+            "backends.serverless.url",
+            id="bad-scheme",
+        ),
+        pytest.param(
+            {"backends": {"serverless": {"url": "http://x", "path": "/{model}/invocations"}}},
+            "backends.serverless.path",
+            id="unknown-template-field",
+        ),
+        pytest.param({"backends": {}}, "backends.serverless: is required", id="no-serverless"),
+        pytest.param(
+            {"models": {"a": {"endpoint": "e"}, "b": {"endpoint": "e"}}},
+            "'e' is also the endpoint",
+            id="duplicate-endpoint",
+        ),
+        pytest.param(
+            {"models": {"iris": {"versions": ["1"], "stages": {"Production": "2"}}}},
+            "models.iris.stages.Production: version 2 is not in versions",
+            id="stage-outside-versions",
+        ),
+        pytest.param({"models": {"a/b": {}}}, "models.a/b", id="name-with-slash"),
+        pytest.param(
+            {"backends": {"serverless": {"url": "http://x", "token_env": "not a name"}}},
+            "backends.serverless.token_env",
+            id="bad-env-name",
+        ),
+    ],
+)
+def test_bad_config_names_key_and_file(change: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({**base(), **change}, {}, "proxy.yaml")
+    assert str(info.value).startswith("proxy.yaml: ")
+    assert needle in str(info.value)
+
+
+def test_token_comes_from_the_named_environment_variable() -> None:
+    doc = base()
+    doc["backends"]["serverless"]["token_env"] = "DATABRICKS_TOKEN"
+    config = parse_config(doc, {"DATABRICKS_TOKEN": "dapi-secret"})
+    assert config.secrets["DATABRICKS_TOKEN"].get_secret_value() == "dapi-secret"
+    assert "dapi-secret" not in repr(config)
+
+
+def test_missing_token_variable_stops_start_up() -> None:
+    doc = base()
+    doc["backends"]["serverless"]["token_env"] = "DATABRICKS_TOKEN"
+    with pytest.raises(ConfigError, match="DATABRICKS_TOKEN"):
+        parse_config(doc, {}, "proxy.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        pytest.param("listen: [", "not valid YAML", id="yaml"),
+        pytest.param("- a\n- b\n", "must be a YAML mapping", id="not-a-mapping"),
+    ],
+)
+def test_unreadable_files(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        load_config(path, {})
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config("/nonexistent/proxy.yaml", {})
