@@ -62,7 +62,9 @@ def to_serverless(
     out: list[tuple[str, str]] = []
     forwarded_for: str | None = None
     for name, value in headers:
-        if (name in SERVERLESS_ALLOWED and name != "x-request-id") or (name == "authorization" and token is None):
+        if (name in SERVERLESS_ALLOWED and name != "x-request-id") or (
+            name == "authorization" and token is None
+        ):
             out.append((name, value))
         elif name == "x-forwarded-for":
             forwarded_for = value
