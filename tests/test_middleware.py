@@ -1,0 +1,104 @@
+"""Pure ASGI middleware around a tiny inner app, driven in-process (architecture §1.5)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from proxy import jsoncodec
+from proxy.errors import PayloadTooLarge
+from proxy.middleware import BodyLimitMiddleware, RequestContextMiddleware, record_of
+from proxy.models import ExchangeRecord
+
+pytestmark = pytest.mark.anyio
+
+
+async def echo_length(scope: Scope, receive: Receive, send: Send) -> None:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    record = record_of(scope)
+    payload = {"length": len(body), "request_id": record.request_id if record else None}
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": jsoncodec.dumps(payload)})
+
+
+async def boom(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RuntimeError("bug")
+
+
+def client(app: object) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 123))  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, base_url="http://proxy")
+
+
+async def test_request_id_is_generated_echoed_and_recorded() -> None:
+    seen: list[ExchangeRecord] = []
+    app = RequestContextMiddleware(echo_length, on_complete=seen.append)
+    async with client(app) as c:
+        r = await c.post("/x", content=b"abc")
+    assert r.status_code == 200
+    rid = r.headers["x-request-id"]
+    assert len(rid) == 32
+    assert r.json() == {"length": 3, "request_id": rid}
+    assert len(seen) == 1
+    assert (seen[0].status, seen[0].client, seen[0].path) == (200, "10.0.0.1", "/x")
+    assert seen[0].total_s > 0
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        pytest.param("abc-123", True, id="plain"),
+        pytest.param("a" * 129, False, id="too-long"),
+        pytest.param("a b", False, id="space"),
+        pytest.param("x\u00e9", False, id="non-ascii"),
+    ],
+)
+async def test_client_request_id_kept_only_when_plain(sent: str, kept: bool) -> None:
+    app = RequestContextMiddleware(echo_length, on_complete=lambda r: None)
+    async with client(app) as c:
+        r = await c.get("/", headers={"x-request-id": sent.encode("utf-8")})
+    assert (r.headers["x-request-id"] == sent) is kept
+
+
+async def test_a_bug_is_recorded_once_as_500() -> None:
+    seen: list[ExchangeRecord] = []
+    app = RequestContextMiddleware(boom, on_complete=seen.append)
+    async with client(app) as c:
+        with pytest.raises(RuntimeError):
+            await c.get("/")
+    assert [(r.status, r.flag) for r in seen] == [(500, "BUG")]
+
+
+async def test_declared_length_over_limit_is_refused_before_reading() -> None:
+    seen: list[ExchangeRecord] = []
+    inner = BodyLimitMiddleware(echo_length, max_body_bytes=10)
+    app = RequestContextMiddleware(inner, on_complete=seen.append)
+    async with client(app) as c:
+        r = await c.post("/", content=b"x" * 11)
+        ok = await c.post("/", content=b"x" * 10)
+    assert r.status_code == 413
+    assert r.json() == {
+        "error_code": "BAD_REQUEST",
+        "message": "Request body exceeds the 10 byte limit.",
+    }
+    assert r.headers["content-type"] == "application/json"
+    assert seen[0].flag == "PTL"
+    assert ok.json()["length"] == 10
+
+
+async def test_streamed_body_over_limit_raises_inside_the_app() -> None:
+    app = BodyLimitMiddleware(echo_length, max_body_bytes=10)
+
+    async def chunks():  # no Content-Length: httpx streams it chunked
+        for _ in range(4):
+            yield b"xxxx"
+
+    async with client(app) as c:
+        with pytest.raises(PayloadTooLarge):
+            await c.post("/", content=chunks())
