@@ -65,7 +65,8 @@ class RequestContextMiddleware:
             started=time.perf_counter(),
             client=client[0] if client else None,
         )
-        scope.setdefault("state", {})["record"] = record
+        # A copy: servers share one lifespan-state dict, the record is this request's own.
+        scope["state"] = {**scope.get("state", {}), "record": record}
         id_header = (b"x-request-id", record.request_id.encode())
 
         async def send_with_id(message: Message) -> None:
