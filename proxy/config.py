@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -36,6 +37,17 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT = 1024
 DEFAULT_POOL_SIZE = 100
 DEFAULT_GRACEFUL_SHUTDOWN_S = 30.0
+# Run-time cutover state (issue 3): a SQLite file beside the config unless `state:` says.
+DEFAULT_STATE_FILE = "serving-proxy-state.sqlite3"
+ADMIN_TOKEN_ENV = "SERVING_PROXY_ADMIN_TOKEN"
+DEFAULT_SHADOW_CONCURRENCY = 16
+DEFAULT_MISMATCHES_KEPT = 50
+DEFAULT_ABS_TOL = 1e-6
+DEFAULT_REL_TOL = 1e-6
+DEFAULT_GATE_MIN_SAMPLES = 20
+DEFAULT_MAX_ERROR_RATE = 0.01
+DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 PATH_FIELDS = frozenset({"name", "version", "endpoint"})
 VERSION_RE = re.compile(r"^[0-9]+$")
 # Names become URL path segments and metric labels: keep them to what registries allow.
@@ -133,6 +145,120 @@ class Backends(_Frozen):
     serverless: BackendConfig | None = None
 
 
+def _duration(value: Any) -> Any:
+    """`10m`, `30s`, `500ms`, `1h`, or a number of seconds."""
+    if isinstance(value, str):
+        match = DURATION_RE.match(value)
+        if match is None:
+            raise ValueError("must be a duration such as 500ms, 30s, 10m or 1h")
+        return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
+class ClientKeyConfig(_Frozen):
+    """What makes a client sticky (issue 3 §2), tried in this order; none found: per request.
+
+    The address is `scope["client"]`, which uvicorn sets from X-Forwarded-For only for the
+    peers in `server.trusted_proxies`.
+    """
+
+    header: str | None = None
+    authorization: bool = False
+    address: bool = True
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", value):
+            raise ValueError("must be an HTTP header name")
+        return None if value is None else value.lower()
+
+
+class RouteOverrideConfig(_Frozen):
+    """Client keys allowed to choose their backend with `X-Serving-Proxy-Route` (issue 3 §7)."""
+
+    clients: tuple[str, ...] = ()
+
+
+class CompareConfig(_Frozen):
+    """How a shadow answer is compared with the primary one (issue 3 §5)."""
+
+    abs_tol: float = Field(DEFAULT_ABS_TOL, ge=0)
+    rel_tol: float = Field(DEFAULT_REL_TOL, ge=0)
+    # `$.a[*].b` paths (`*` any key or index), or a bare key name matched at any depth.
+    ignore: tuple[str, ...] = ()
+    ignore_order: bool = False
+
+
+class ShadowConfig(_Frozen):
+    """Process-wide shadowing limits; the share per model is `shadow_percent`."""
+
+    max_concurrency: int = Field(DEFAULT_SHADOW_CONCURRENCY, ge=1)
+    keep_mismatches: int = Field(DEFAULT_MISMATCHES_KEPT, ge=0)
+    # Off: a mismatch keeps the differing field's two values only, never the bodies.
+    keep_payloads: bool = False
+
+
+class ErrorRateGate(_Frozen):
+    max: Share = DEFAULT_MAX_ERROR_RATE
+    min_samples: int = Field(DEFAULT_GATE_MIN_SAMPLES, ge=1)
+
+
+class LatencyGate(_Frozen):
+    """Serverless p99 over legacy p99; a p99 at or under `floor_ms` always passes."""
+
+    max: float = Field(1.5, gt=0)
+    min_samples: int = Field(DEFAULT_GATE_MIN_SAMPLES, ge=1)
+    floor_ms: float = Field(0.0, ge=0)
+
+
+class ParityGate(_Frozen):
+    min: Share = 0.99
+    min_samples: int = Field(DEFAULT_GATE_MIN_SAMPLES, ge=1)
+
+
+class Gates(_Frozen):
+    error_rate: ErrorRateGate | None = ErrorRateGate()
+    p99_ratio: LatencyGate | None = None
+    parity: ParityGate | None = None
+
+
+class RolloutConfig(_Frozen):
+    """Progressive rollout (issue 3 §6): step up each `interval` while every gate passes."""
+
+    steps: tuple[Percent, ...]
+    interval: Duration
+    # The sliding window the gates read; the interval when not given.
+    window: Duration | None = None
+    on_failure: Literal["zero", "last_good"] = "zero"
+    gates: Gates = Gates()
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value:
+            raise ValueError("must list at least one step")
+        if list(value) != sorted(set(value)):
+            raise ValueError("must be strictly increasing")
+        return value
+
+    @property
+    def window_s(self) -> float:
+        return self.window if self.window is not None else self.interval
+
+
+class AdminConfig(_Frozen):
+    """The admin API; its token comes from SERVING_PROXY_ADMIN_TOKEN, never the file."""
+
+    # Who the audit log says made a change through this token.
+    token_name: str = "admin"
+
+
 Version = Annotated[str, Field(pattern=VERSION_RE.pattern)]
 
 
@@ -150,6 +276,18 @@ class ModelConfig(_Frozen):
     csv_mode: CsvMode = CsvMode.PASSTHROUGH
     upstream_nan: UpstreamNan = UpstreamNan.KEEP
     legacy_wrapper_attr: str | None = None
+    # Issue 3: the share of clients sent to serverless; `route` is shorthand for 0 or 100.
+    serverless_percent: Percent | None = None
+    shadow_percent: Percent = 0.0
+    compare: CompareConfig = CompareConfig()
+    rollout: RolloutConfig | None = None
+
+    @property
+    def initial_percent(self) -> float:
+        """The configured serverless share, from `serverless_percent` or else `route`."""
+        if self.serverless_percent is not None:
+            return self.serverless_percent
+        return 100.0 if self.route is Backend.SERVERLESS else 0.0
 
     @field_validator("versions", mode="before")
     @classmethod
@@ -202,6 +340,12 @@ class ProxyConfig(_Frozen):
     limits: Limits = Limits()
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
+    # Issue 3: a SQLite path (relative: beside the config file) or redis://host:port/db.
+    state: str | None = None
+    client_key: ClientKeyConfig = ClientKeyConfig()
+    route_override: RouteOverrideConfig = RouteOverrideConfig()
+    shadow: ShadowConfig = ShadowConfig()
+    admin: AdminConfig = AdminConfig()
     # Filled from the environment by load_config, never from the file.
     secrets: dict[str, SecretStr] = Field(default_factory=dict, exclude=True)
 
@@ -226,6 +370,16 @@ class ProxyConfig(_Frozen):
                 raise ValueError(
                     f"{where}.route: routes to legacy, but backends.legacy is not configured "
                     "(protocols.md §1.4)"
+                )
+            if "route" in model.model_fields_set and model.serverless_percent is not None:
+                raise ValueError(
+                    f"{where}: give route or serverless_percent, not both (route is "
+                    "shorthand for serverless_percent 0 or 100)"
+                )
+            needs_legacy = model.initial_percent < 100 or model.shadow_percent > 0 or model.rollout
+            if needs_legacy and self.backends.legacy is None:
+                raise ValueError(
+                    f"{where}: a weight under 100, shadow_percent or rollout needs backends.legacy"
                 )
             if model.legacy is not None and self.backends.legacy is None:
                 raise ValueError(f"{where}.legacy: overrides a backend that is not configured")
@@ -287,6 +441,9 @@ def parse_config(data: Any, environ: Mapping[str, str], source: str = "<config>"
                 f"{source}: token_env names {env}, but that environment variable is not set"
             )
         secrets[env] = SecretStr(value)
+    admin_token = environ.get(ADMIN_TOKEN_ENV)
+    if admin_token:
+        secrets[ADMIN_TOKEN_ENV] = SecretStr(admin_token)
     return config.model_copy(update={"secrets": secrets})
 
 
@@ -305,4 +462,10 @@ def load_config(path: str | Path, environ: Mapping[str, str]) -> ProxyConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    return parse_config(data, environ, source)
+    config = parse_config(data, environ, source)
+    # A config read from a file keeps its cutover state in a file beside it by default;
+    # a config built in memory (tests, embedding) keeps it in memory (state None).
+    state = config.state or DEFAULT_STATE_FILE
+    if "://" not in state and state != ":memory:":
+        state = str((Path(path).resolve().parent / state).resolve())
+    return config.model_copy(update={"state": state})
