@@ -331,6 +331,35 @@ class LoggingConfig(_Frozen):
     access_log: bool = True
 
 
+class ReportingConfig(_Frozen):
+    """Latency and migration reporting (issue 4); the access log is under `logging:`.
+
+    `metrics` is Prometheus `/metrics`; `stats` the HDR windows behind `/admin/report` and
+    `/admin/dashboard`. Defaults mirror `proxy.stats.StatsSettings`.
+    """
+
+    metrics: bool = True
+    stats: bool = True
+    server_timing: bool = True
+    window: Duration = 300.0
+    slot: Duration = 10.0
+    history_points: int = Field(360, ge=1, le=100_000)
+    significant_figures: int = Field(2, ge=1, le=5)
+    client_top_n: int = Field(20, ge=1, le=1000)
+    # Client keys are hashed in every figure; a key read from `client_key.header` is shown
+    # as sent only when this says so (an application name is no secret, an address may be).
+    show_client_header: bool = False
+    # prometheus-client's multiprocess directory when `server.workers` > 1; default: a
+    # fresh temporary directory per start.
+    multiprocess_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _slot_fits(self) -> ReportingConfig:
+        if self.slot > self.window:
+            raise ValueError("slot: must not be longer than window")
+        return self
+
+
 class ProxyConfig(_Frozen):
     """The root of proxy.yaml."""
 
@@ -346,6 +375,7 @@ class ProxyConfig(_Frozen):
     route_override: RouteOverrideConfig = RouteOverrideConfig()
     shadow: ShadowConfig = ShadowConfig()
     admin: AdminConfig = AdminConfig()
+    reporting: ReportingConfig = ReportingConfig()
     # Filled from the environment by load_config, never from the file.
     secrets: dict[str, SecretStr] = Field(default_factory=dict, exclude=True)
 
