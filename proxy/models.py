@@ -139,6 +139,8 @@ class ExchangeRecord:
     path: str
     started: float
     client: str | None = None
+    # The client key as reports may show it: hashed, or a header value the config allows.
+    client_key: str | None = None
     model: str | None = None
     version: str | None = None
     legacy_format: str | None = None
