@@ -1,0 +1,155 @@
+"""Where one request goes: the sticky, weighted split between legacy and serverless. Pure.
+
+No I/O, no clock and no global random state: a request without a client key is split by a
+`random.Random` the caller passes in (seeded in tests).
+
+Stickiness comes from a stable hash: `blake2b(client key)` gives a bucket in 0..9999, and a
+client goes to serverless iff its bucket is under `serverless_percent * 100`. Python's
+`hash()` is salted per process, so workers, replicas and restarts would disagree; blake2b
+does not. Because the threshold only grows with the weight, raising a weight only ever
+moves clients from legacy to serverless, never back (issue 3 §2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from proxy.config import ClientKeyConfig
+from proxy.errors import UnknownModel
+from proxy.models import Backend, ModelRef
+
+BUCKETS = 10_000
+# Issue 3 §7: lets a named client pick its backend for one request.
+ROUTE_HEADER = "x-serving-proxy-route"
+KeySource = Literal["header", "authorization", "address"]
+Reason = Literal["weight", "no-key", "override", "only-serverless"]
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """One model's split. `has_legacy` False: there is nowhere else to send anything."""
+
+    serverless_percent: float
+    shadow_percent: float = 0.0
+    has_legacy: bool = True
+
+
+RoutingTable = Mapping[str, Weights]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKey:
+    """What identifies a client. For `authorization` the value is a digest, never the token."""
+
+    source: KeySource
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The backend that answers the client, and the one (if any) that is shadowed.
+
+    `bucket` is None when the request had no key and was split by a draw.
+    """
+
+    primary: Backend
+    shadow: Backend | None
+    bucket: int | None
+    reason: Reason
+
+
+def other(backend: Backend) -> Backend:
+    return Backend.LEGACY if backend is Backend.SERVERLESS else Backend.SERVERLESS
+
+
+def bucket_of(key: str) -> int:
+    """The stable bucket (0..9999) of a client key: the same in every process, forever."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def threshold(percent: float) -> int:
+    """Buckets under this number go to serverless: 0 for 0%, 10000 for 100%."""
+    return round(percent * (BUCKETS // 100))
+
+
+def client_key(
+    headers: Sequence[tuple[str, str]], client_host: str | None, config: ClientKeyConfig
+) -> ClientKey | None:
+    """The request's client key, from the first source the config enables that is present.
+
+    Args:
+        headers: lower-case names, as `proxy.headers.decode` gives them.
+        client_host: `scope["client"]` host; uvicorn has already replaced it with the
+            forwarded address when (and only when) the peer is a trusted proxy.
+        config: which sources to try, in the fixed order header, authorization, address.
+    """
+    if config.header is not None:
+        for name, value in headers:
+            if name == config.header and value.strip():
+                return ClientKey("header", value.strip())
+    if config.authorization:
+        for name, value in headers:
+            if name == "authorization" and value.strip():
+                # Keep a digest only: the key may be logged or listed in the config.
+                digest = hashlib.blake2b(value.strip().encode("utf-8"), digest_size=16)
+                return ClientKey("authorization", digest.hexdigest())
+    if config.address and client_host:
+        return ClientKey("address", client_host)
+    return None
+
+
+def override_of(
+    headers: Sequence[tuple[str, str]], key: ClientKey | None, allowed: Collection[str]
+) -> Backend | None:
+    """The backend `X-Serving-Proxy-Route` asks for, if this client may ask (issue 3 §7).
+
+    Only clients whose key value the config lists may override; for anyone else, and for
+    a value that names no backend, the header means nothing.
+    """
+    if key is None or key.value not in allowed:
+        return None
+    for name, value in headers:
+        if name == ROUTE_HEADER:
+            try:
+                return Backend(value.strip().lower())
+            except ValueError:
+                return None
+    return None
+
+
+def decide(
+    table: RoutingTable,
+    ref: ModelRef,
+    key: ClientKey | None,
+    rng: random.Random,
+    override: Backend | None = None,
+) -> Decision:
+    """Choose the primary backend and whether to shadow this request.
+
+    Raises:
+        UnknownModel: the table has no entry for the model.
+    """
+    weights = table.get(ref.name)
+    if weights is None:
+        raise UnknownModel(ref.name, ref.requested)
+    if not weights.has_legacy:
+        return Decision(Backend.SERVERLESS, None, None, "only-serverless")
+    bucket = None if key is None else bucket_of(key.value)
+    primary: Backend
+    reason: Reason
+    if override is not None:
+        primary, reason = override, "override"
+    elif bucket is not None:
+        serverless = bucket < threshold(weights.serverless_percent)
+        primary, reason = (Backend.SERVERLESS if serverless else Backend.LEGACY), "weight"
+    else:
+        serverless = rng.random() * 100 < weights.serverless_percent
+        primary, reason = (Backend.SERVERLESS if serverless else Backend.LEGACY), "no-key"
+    # Drawn per request, not per client, so parity covers every client in time.
+    shadowed = weights.shadow_percent > 0 and rng.random() * 100 < weights.shadow_percent
+    return Decision(primary, other(primary) if shadowed else None, bucket, reason)
