@@ -6,6 +6,7 @@ endpoint in another task, both costly on the hot path.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.config import ClientKeyConfig
 from proxy.errors import PayloadTooLarge
 from proxy.models import ExchangeRecord, Reply
 
@@ -39,12 +41,71 @@ def record_of(scope: Scope) -> ExchangeRecord | None:
     return record if isinstance(record, ExchangeRecord) else None
 
 
-class RequestContextMiddleware:
-    """Stamps the request id, opens the record, and emits it exactly once at the end."""
+def hash_client_key(value: str) -> str:
+    """A stable, short digest of a client key: the same in every worker and every restart."""
+    return hashlib.blake2b(value.encode("utf-8"), digest_size=6, person=b"sp-client").hexdigest()
 
-    def __init__(self, app: ASGIApp, *, on_complete: Callable[[ExchangeRecord], None]) -> None:
+
+def client_key_reader(
+    config: ClientKeyConfig, *, show_header: bool = False
+) -> Callable[[Scope], str | None]:
+    """Reads a request's client key for reports: the configured header, else the
+    Authorization header, else the address (issue 3's order), always hashed but for a
+    header value the config allows to be shown. An Authorization value is never shown."""
+    header = None if config.header is None else config.header.encode("latin-1")
+
+    def read(scope: Scope) -> str | None:
+        if header is not None or config.authorization:
+            for name, value in scope["headers"]:
+                if name == header and value.strip():
+                    text = value.strip().decode("latin-1")
+                    return text if show_header else hash_client_key(text)
+            if config.authorization:
+                for name, value in scope["headers"]:
+                    if name == b"authorization" and value.strip():
+                        return hash_client_key(value.strip().decode("latin-1"))
+        client = scope.get("client")
+        if config.address and client:
+            return hash_client_key(str(client[0]))
+        return None
+
+    return read
+
+
+def server_timing(record: ExchangeRecord, now: float) -> bytes:
+    """The W3C Server-Timing value, in ms, as the response starts: `proxy` is the proxy's
+    own time so far (translation included), `upstream` the wait on the backend it names,
+    `translate` the translation alone."""
+    upstream = record.upstream_s or 0.0
+    parts = [f"proxy;dur={(now - record.started - upstream) * 1e3:.3f}"]
+    if record.upstream_s is not None:
+        parts.append(f'upstream;dur={upstream * 1e3:.3f};desc="{record.backend}"')
+    if record.translate_s > 0:
+        parts.append(f"translate;dur={record.translate_s * 1e3:.3f}")
+    return ", ".join(parts).encode("latin-1")
+
+
+class RequestContextMiddleware:
+    """Stamps the request id, opens the record, and emits it exactly once at the end.
+
+    Args:
+        on_complete: called once with every finished record (metrics, stats, access log).
+        server_timing: add a `Server-Timing` header to every response (issue 4).
+        client_key: reads the client key that reports show; None leaves it unset.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        on_complete: Callable[[ExchangeRecord], None],
+        server_timing: bool = False,
+        client_key: Callable[[Scope], str | None] | None = None,
+    ) -> None:
         self.app = app
         self.on_complete = on_complete
+        self.server_timing = server_timing
+        self.client_key = client_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,12 +128,18 @@ class RequestContextMiddleware:
         )
         # A copy: servers share one lifespan-state dict, the record is this request's own.
         scope["state"] = {**scope.get("state", {}), "record": record}
+        if self.client_key is not None:
+            record.client_key = self.client_key(scope)
         id_header = (b"x-request-id", record.request_id.encode())
+        timing = self.server_timing
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
                 message["headers"] = [*message.get("headers", []), id_header]
+                if timing:
+                    value = server_timing(record, time.perf_counter())
+                    message["headers"].append((b"server-timing", value))
             await send(message)
 
         try:
