@@ -7,6 +7,7 @@ headers, so nothing sensitive can reach the log by accident.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from proxy import jsoncodec
@@ -15,21 +16,45 @@ from proxy.models import ExchangeRecord
 LOGGER = logging.getLogger("serving_proxy.access")
 
 
-def fields(record: ExchangeRecord) -> dict[str, Any]:
-    """The access-log line of one finished request, as a JSON-ready dict."""
+def outcome(record: ExchangeRecord) -> str:
+    """A short outcome flag: `OK`, `UE` (the upstream answered with an error status), or the
+    local reply's Envoy-style flag (`NR`, `UT`, `UF`, `PTL`, `BUG`, …; see `proxy.errors`)."""
+    if record.flag != "-":
+        return record.flag
+    return "OK" if 0 < record.status < 400 else "UE"
+
+
+def iso_time(epoch_s: float) -> str:
+    """UTC, millisecond precision: `2026-11-27T02:13:50.123Z`."""
+    whole = int(epoch_s)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + (
+        f".{int((epoch_s - whole) * 1000):03d}Z"
+    )
+
+
+def fields(record: ExchangeRecord, now: float | None = None) -> dict[str, Any]:
+    """The access-log line of one finished request, as a JSON-ready dict.
+
+    The client appears only as its key, hashed unless the config lets a header value show
+    (issue 4): an address is personal data, an Authorization value a secret.
+    """
+    upstream_s = record.upstream_s
     return {
+        "time": iso_time(time.time() if now is None else now),
         "request_id": record.request_id,
         "method": record.method,
         "path": record.path,
-        "client": record.client,
+        "client_key": record.client_key,
         "model": record.model,
         "version": record.version,
         "legacy_format": record.legacy_format,
         "backend": None if record.backend is None else str(record.backend),
         "status": record.status,
+        "outcome": outcome(record),
         "flag": record.flag,
-        "upstream_ms": None if record.upstream_s is None else round(record.upstream_s * 1e3, 3),
+        "upstream_ms": None if upstream_s is None else round(upstream_s * 1e3, 3),
         "translate_ms": round(record.translate_s * 1e3, 3),
+        "proxy_ms": round((record.total_s - (upstream_s or 0.0)) * 1e3, 3),
         "total_ms": round(record.total_s * 1e3, 3),
         "detail": record.detail,
     }
