@@ -25,6 +25,8 @@ class Runtime:
     upstream_factory: UpstreamFactory = AiohttpUpstream
     upstreams: dict[UpstreamSettings, Upstream] = field(default_factory=dict)
     in_flight: int = 0
+    # Told +1/-1 as requests are admitted and leave (issue 4's in-flight gauge).
+    on_in_flight: Callable[[int], None] | None = None
 
     @classmethod
     def build(cls, config: ProxyConfig, factory: UpstreamFactory | None = None) -> Runtime:
@@ -49,10 +51,15 @@ class Runtime:
         if self.in_flight >= self.config.limits.max_in_flight:
             raise Overloaded()
         self.in_flight += 1
+        hook = self.on_in_flight
+        if hook is not None:
+            hook(1)
         try:
             yield
         finally:
             self.in_flight -= 1
+            if hook is not None:
+                hook(-1)
 
     async def aclose(self) -> None:
         for pool in self.upstreams.values():
