@@ -1,0 +1,385 @@
+"""What the proxy costs, measured in one run on loopback against one upstream simulator.
+
+    python benchmarks/overhead.py [--seconds 5] [--concurrency 1 32]
+
+Prints, at each concurrency, throughput and p50/p99 latency for:
+  (a) the client straight to the upstream (new-protocol body);
+  (b) a bare aiohttp pass-through with no translation (the floor for any Python proxy);
+  (c) serving-proxy translating a pandas-split request and its answer (aiohttp upstream);
+  (d) as (c) with httpx as the upstream client;
+and the ratios c÷b (throughput), d÷c (throughput), and the p50 the proxy adds over (a)
+relative to what (b) adds. Then the translation cost alone for 1, 100 and 10,000-row
+frames against a stdlib-json baseline. Every server is a child process on 127.0.0.1,
+stopped by its PID; the run is bounded by --seconds per cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+ROWS = [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]]
+LEGACY_BODY = json.dumps({"columns": COLUMNS, "data": ROWS}).encode()
+LEGACY_CT = "application/json; format=pandas-split"
+NEW_BODY = json.dumps({"dataframe_split": {"columns": COLUMNS, "data": ROWS}}).encode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def child(args: list[str], port: int, ready_path: str = "/_ready") -> Iterator[str]:
+    """Run a server process, wait until it answers, stop it by PID."""
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{args} exited with {process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{args} did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+# --- (b): the bare pass-through, written here so nothing of the proxy is in it --------------
+
+
+def serve_passthrough(port: int, upstream: str) -> None:
+    from aiohttp import web
+
+    async def forward(request: web.Request) -> web.Response:
+        session: aiohttp.ClientSession = request.app["session"]
+        body = await request.read()
+        async with session.post(
+            upstream + "/invocations",
+            data=body,
+            headers={"content-type": request.headers.get("content-type", "application/json")},
+        ) as resp:
+            payload = await resp.read()
+            return web.Response(body=payload, status=resp.status, content_type="application/json")
+
+    async def on_start(app: web.Application) -> None:
+        app["session"] = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+
+    async def on_stop(app: web.Application) -> None:
+        await app["session"].close()
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", forward)
+    app.on_startup.append(on_start)
+    app.on_cleanup.append(on_stop)
+    import uvloop
+
+    uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+# --- (c)/(d): serving-proxy with a chosen upstream client -----------------------------------
+
+
+def serve_proxy(port: int, config_path: str, client: str) -> None:
+    import uvicorn
+
+    from proxy.app import create_app
+    from proxy.config import load_config
+    from proxy.upstream import AiohttpUpstream, HttpxUpstream
+
+    config = load_config(config_path, os.environ)
+    factory = HttpxUpstream if client == "httpx" else AiohttpUpstream
+    app = create_app(config, upstream_factory=factory, on_complete=lambda record: None)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+    )
+
+
+# --- the load generator ---------------------------------------------------------------------
+
+
+async def load(
+    url: str, body: bytes, content_type: str, concurrency: int, seconds: float
+) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            nonlocal errors
+            t0 = time.perf_counter()
+            async with session.post(url, data=body, headers={"content-type": content_type}) as r:
+                await r.read()
+                if r.status != 200:
+                    errors += 1
+            latencies.append(time.perf_counter() - t0)
+
+        async def worker(stop: float) -> None:
+            while time.perf_counter() < stop:
+                await one()
+
+        warm = time.perf_counter() + min(1.0, seconds / 4)
+        await asyncio.gather(*(worker(warm) for _ in range(concurrency)))
+        latencies.clear()
+        errors = 0
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(start + seconds) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
+        "errors": errors,
+        "n": len(latencies),
+    }
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "{content_type}"
+"""
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    """Requests/sec and the 50%/99% latency lines of `wrk --latency` output."""
+    units = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+    def ms(token: str) -> float:
+        for unit in ("us", "ms", "s"):
+            if token.endswith(unit):
+                return float(token[: -len(unit)]) * units[unit]
+        raise ValueError(token)
+
+    out: dict[str, float] = {"errors": 0.0, "n": 0.0}
+    for line in text.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            out["rps"] = float(parts[1])
+        elif parts[:1] == ["50%"]:
+            out["p50_ms"] = ms(parts[1])
+        elif parts[:1] == ["99%"]:
+            out["p99_ms"] = ms(parts[1])
+        elif "requests in" in line:
+            out["n"] = float(parts[0])
+        elif line.strip().startswith("Non-2xx"):
+            out["errors"] = float(parts[-1])
+    return out
+
+
+def load_wrk(
+    url: str, body: bytes, content_type: str, concurrency: int, seconds: float, tmp: str
+) -> dict[str, float]:
+    """The same measurement with wrk (C, one thread): the client costs the machine less."""
+    script = Path(tmp) / f"post-{abs(hash((url, concurrency)))}.lua"
+    script.write_text(WRK_SCRIPT.format(body=json.dumps(body.decode()), content_type=content_type))
+    base = ["wrk", "-t1", f"-c{concurrency}", "-s", str(script)]
+    subprocess.run([*base, "-d1s", url], capture_output=True, check=True, timeout=30)
+    done = subprocess.run(
+        [*base, f"-d{max(1, round(seconds))}s", "--latency", url],
+        capture_output=True,
+        check=True,
+        text=True,
+        timeout=seconds + 30,
+    )
+    return parse_wrk(done.stdout)
+
+
+def translation_table(repeat: int) -> list[tuple[int, float, float]]:
+    from proxy.protocol.legacy import parse_request
+    from proxy.protocol.translate import legacy_to_v2, v2_to_legacy
+
+    rows = []
+    for n in (1, 100, 10_000):
+        data = [[float(i), i * 0.5, i * 1.25, -float(i)] for i in range(n)]
+        body = json.dumps({"columns": COLUMNS, "data": data}).encode()
+        reply = json.dumps({"predictions": [i % 3 for i in range(n)]}).encode()
+        reps = max(3, repeat // max(1, n // 10))
+
+        def ours() -> None:
+            request = parse_request(LEGACY_CT, body)
+            legacy_to_v2(request)
+            v2_to_legacy(200, "application/json", reply)
+
+        def baseline() -> None:
+            frame = json.loads(body)
+            json.dumps({"dataframe_split": frame})
+            json.dumps(json.loads(reply)["predictions"])
+
+        rows.append((n, best_of(ours, reps), best_of(baseline, reps)))
+    return rows
+
+
+def best_of(fn: Callable[[], None], reps: int) -> float:
+    """Median per-call seconds over `reps` calls (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument(
+        "--client",
+        choices=["auto", "wrk", "aiohttp"],
+        default="auto",
+        help="load generator: wrk when installed (apt-get install wrk), else an aiohttp loop",
+    )
+    parser.add_argument("--serve-passthrough", nargs=2, metavar=("PORT", "UPSTREAM"))
+    parser.add_argument("--serve-proxy", nargs=3, metavar=("PORT", "CONFIG", "CLIENT"))
+    args = parser.parse_args()
+    if args.serve_passthrough:
+        serve_passthrough(int(args.serve_passthrough[0]), args.serve_passthrough[1])
+        return 0
+    if args.serve_proxy:
+        serve_proxy(int(args.serve_proxy[0]), args.serve_proxy[1], args.serve_proxy[2])
+        return 0
+
+    use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))
+    print(f"load generator: {'wrk' if use_wrk else 'aiohttp client'}; {os.cpu_count()} cores")
+    py = sys.executable
+    me = str(Path(__file__).resolve())
+    up_port, b_port, c_port, d_port = (free_port() for _ in range(4))
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "proxy.yaml"
+        with child(
+            [py, "-m", "proxy", "simulate", "--kind", "serverless", "--port", str(up_port)],
+            up_port,
+        ) as upstream:
+            config_path.write_text(
+                yaml.safe_dump(
+                    {
+                        "backends": {"serverless": {"url": upstream, "path": "/invocations"}},
+                        "models": {"iris": {}},
+                        "logging": {"access_log": False},
+                    }
+                )
+            )
+            targets: list[tuple[str, list[str], int, str, bytes, str]] = [
+                ("(a) direct", [], up_port, "/invocations", NEW_BODY, "application/json"),
+                (
+                    "(b) bare aiohttp",
+                    [py, me, "--serve-passthrough", str(b_port), upstream],
+                    b_port,
+                    "/invocations",
+                    NEW_BODY,
+                    "application/json",
+                ),
+                (
+                    "(c) serving-proxy",
+                    [py, me, "--serve-proxy", str(c_port), str(config_path), "aiohttp"],
+                    c_port,
+                    "/model/iris/1/invocations",
+                    LEGACY_BODY,
+                    LEGACY_CT,
+                ),
+                (
+                    "(d) proxy+httpx",
+                    [py, me, "--serve-proxy", str(d_port), str(config_path), "httpx"],
+                    d_port,
+                    "/model/iris/1/invocations",
+                    LEGACY_BODY,
+                    LEGACY_CT,
+                ),
+            ]
+            results: dict[tuple[str, int], dict[str, float]] = {}
+            for label, cmd, port, path, body, ct in targets:
+                ctx = child(cmd, port) if cmd else _nothing(upstream)
+                with ctx as url:
+                    for c in args.concurrency:
+                        results[(label, c)] = (
+                            load_wrk(url + path, body, ct, c, args.seconds, tmp)
+                            if use_wrk
+                            else asyncio.run(load(url + path, body, ct, c, args.seconds))
+                        )
+    print_table(results, [t[0] for t in targets], args.concurrency)
+    print()
+    print("translation alone (parse + legacy_to_v2 + v2_to_legacy) vs stdlib json:")
+    print(f"{'rows':>8} {'proxy µs':>12} {'stdlib µs':>12} {'ratio':>7}")
+    for n, ours, base in translation_table(200):
+        print(f"{n:>8} {ours * 1e6:>12.1f} {base * 1e6:>12.1f} {ours / base:>7.2f}")
+    return 0
+
+
+@contextmanager
+def _nothing(url: str) -> Iterator[str]:
+    yield url
+
+
+def print_table(
+    results: dict[tuple[str, int], dict[str, float]], labels: list[str], levels: list[int]
+) -> None:
+    print(f"{'target':<20} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for c in levels:
+        for label in labels:
+            r = results[(label, c)]
+            print(
+                f"{label:<20} {c:>5} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
+                f" {int(r['errors']):>7}"
+            )
+    print()
+    for c in levels:
+        a, b = results[("(a) direct", c)], results[("(b) bare aiohttp", c)]
+        cc, d = results[("(c) serving-proxy", c)], results[("(d) proxy+httpx", c)]
+        added_b = b["p50_ms"] - a["p50_ms"]
+        added_c = cc["p50_ms"] - a["p50_ms"]
+        print(
+            f"concurrency {c}: c÷b throughput {cc['rps'] / b['rps']:.2f} (target ≥ 0.70); "
+            f"d÷c throughput {d['rps'] / cc['rps']:.2f}; "
+            f"p50 added c vs b {added_c:.2f} ms vs {added_b:.2f} ms "
+            f"= {added_c / added_b if added_b > 0 else float('nan'):.2f}× (target ≤ 1.5)"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
