@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import yaml
@@ -240,12 +239,12 @@ def translation_table(repeat: int) -> list[tuple[int, float, float]]:
         reply = json.dumps({"predictions": [i % 3 for i in range(n)]}).encode()
         reps = max(3, repeat // max(1, n // 10))
 
-        def ours() -> None:
+        def ours(body: bytes = body, reply: bytes = reply) -> None:
             request = parse_request(LEGACY_CT, body)
             legacy_to_v2(request)
             v2_to_legacy(200, "application/json", reply)
 
-        def baseline() -> None:
+        def baseline(body: bytes = body, reply: bytes = reply) -> None:
             frame = json.loads(body)
             json.dumps({"dataframe_split": frame})
             json.dumps(json.loads(reply)["predictions"])
