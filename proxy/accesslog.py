@@ -17,11 +17,17 @@ LOGGER = logging.getLogger("serving_proxy.access")
 
 
 def outcome(record: ExchangeRecord) -> str:
-    """A short outcome flag: `OK`, `UE` (the upstream answered with an error status), or the
-    local reply's Envoy-style flag (`NR`, `UT`, `UF`, `PTL`, `BUG`, …; see `proxy.errors`)."""
+    """A short outcome flag: `OK`; `UE`, the upstream answered with an error status; `LE`,
+    the proxy's own endpoints (admin, metrics) refused; `NS`, no response was started;
+    or the local reply's Envoy-style flag (`NR`, `UT`, `UF`, `PTL`, `BUG`, …; `proxy.errors`).
+    """
     if record.flag != "-":
         return record.flag
-    return "OK" if 0 < record.status < 400 else "UE"
+    if record.status == 0:
+        return "NS"
+    if record.status < 400:
+        return "OK"
+    return "LE" if record.backend is None else "UE"
 
 
 def iso_time(epoch_s: float) -> str:

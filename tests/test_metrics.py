@@ -92,6 +92,8 @@ def test_buckets_tell_one_millisecond_from_two(registry: CollectorRegistry) -> N
         pytest.param({"status": 503}, "5xx", "UE", id="upstream-5xx"),
         pytest.param({"status": 504, "flag": "UT"}, "5xx", "UT", id="timeout"),
         pytest.param({"status": 413, "flag": "PTL", "backend": None}, "4xx", "PTL", id="413"),
+        pytest.param({"status": 401, "backend": None}, "4xx", "LE", id="admin-401"),
+        pytest.param({"status": 0, "backend": None}, "none", "NS", id="no-response"),
         pytest.param(
             {"status": 404, "flag": "NRT", "model": None, "backend": None}, "4xx", "NRT", id="404"
         ),

@@ -1,0 +1,152 @@
+"""Ties one app's reporting together: each finished record goes to the client inventory,
+the HDR statistics and the Prometheus metrics, in that order (the metrics label clients by
+the inventory's ranking). Built once per app; the access log stays in `accesslog.py`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from proxy import __version__
+from proxy.config import ProxyConfig
+from proxy.metrics import MULTIPROC_ENV, Metrics, multiprocess_enabled
+from proxy.models import ExchangeRecord
+from proxy.stats import (
+    ClientInventory,
+    Rollout,
+    RolloutSource,
+    Stats,
+    StatsSettings,
+    is_legacy_client,
+)
+
+
+def rollout_from(config: ProxyConfig) -> RolloutSource:
+    """The configured weights, until a cutover store says otherwise.
+
+    A model with `rollout:` has a state only the cutover store knows: `None` (shown n/a).
+    """
+
+    def source(model: str) -> Rollout:
+        settings = config.models.get(model)
+        if settings is None:
+            return Rollout()
+        state = None if settings.rollout is not None else "static"
+        return Rollout(settings.initial_percent, state)
+
+    return source
+
+
+@dataclass
+class Reporting:
+    """The reporting of one app: None members are switched off in the config."""
+
+    inventory: ClientInventory
+    stats: Stats | None
+    metrics: Metrics | None
+    models: tuple[str, ...]
+    rollout: RolloutSource
+    clock: Callable[[], float] = time.time
+
+    @classmethod
+    def build(
+        cls,
+        config: ProxyConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Reporting:
+        """Collectors on `registry` (a fresh one if None); multiprocess when the process
+        was started with `PROMETHEUS_MULTIPROC_DIR` in `environ` (uvicorn workers > 1)."""
+        settings = config.reporting
+        rollout = rollout_from(config)
+        inventory = ClientInventory(settings.client_top_n)
+        stats = None
+        if settings.stats:
+            stats = Stats(
+                StatsSettings(
+                    window_s=settings.window,
+                    slot_s=settings.slot,
+                    history_points=settings.history_points,
+                    significant_figures=settings.significant_figures,
+                    client_top_n=settings.client_top_n,
+                ),
+                inventory=inventory,
+                rollout=rollout,
+            )
+        metrics = None
+        if settings.metrics:
+            env = environ or {}
+            shared = env.get(MULTIPROC_ENV) if multiprocess_enabled() else None
+            metrics = Metrics(
+                registry if registry is not None else CollectorRegistry(),
+                inventory=inventory,
+                multiprocess_dir=shared,
+            )
+        return cls(inventory, stats, metrics, tuple(config.models), rollout, clock)
+
+    @property
+    def enabled(self) -> bool:
+        return self.stats is not None or self.metrics is not None
+
+    def observe(self, record: ExchangeRecord) -> None:
+        """Count one finished request everywhere (once per record)."""
+        if not self.enabled:
+            return
+        now = self.clock()
+        if record.client_key is not None and record.model is not None and is_legacy_client(record):
+            self.inventory.observe(
+                record.model, record.client_key, record.legacy_format or "unparsed", now
+            )
+        if self.stats is not None:
+            self.stats.observe(record, now)
+        if self.metrics is not None:
+            self.metrics.observe(record)
+
+    def observe_shadow(self, model: str, result: str) -> None:
+        """Count one shadow comparison (`match`, `mismatch`, `error`, `dropped`)."""
+        if self.stats is not None:
+            self.stats.observe_shadow(model, result, self.clock())
+        if self.metrics is not None:
+            self.metrics.observe_shadow(model, result)
+
+    def set_rollout_source(self, source: RolloutSource) -> None:
+        """Read weights and rollout states from the cutover store from now on."""
+        self.rollout = source
+        if self.stats is not None:
+            self.stats.rollout = source
+
+    def note_rollout(self, model: str, event: str | None = None) -> None:
+        """A model's weight or state changed (a rollback names itself in `event`)."""
+        if self.stats is not None:
+            self.stats.note_rollout(model, self.clock(), event)
+        if self.metrics is not None:
+            self.metrics.set_weights([(model, self.rollout(model).weight)])
+
+    def in_flight(self, delta: int) -> None:
+        if self.metrics is not None:
+            self.metrics.in_flight.inc(delta)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """`/metrics`: the weights are refreshed first, so a scrape shows them as they are."""
+        assert self.metrics is not None
+        self.metrics.set_weights((model, self.rollout(model).weight) for model in self.models)
+        return self.metrics.exposition()
+
+    def report(self) -> dict[str, Any]:
+        """What `GET /admin/report` answers: the statistics of this process, JSON-ready."""
+        assert self.stats is not None
+        snapshot = self.stats.snapshot(self.clock())
+        for model in self.models:
+            # A configured model with no traffic yet still gets its row (all n/a).
+            if model not in snapshot["models"]:
+                self.stats.note_rollout(model, self.clock())
+        if any(model not in snapshot["models"] for model in self.models):
+            snapshot = self.stats.snapshot(self.clock())
+        return {"version": __version__, **snapshot}
