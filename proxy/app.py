@@ -10,10 +10,12 @@ router.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -21,11 +23,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy import accesslog, handlers
+from proxy import accesslog, dashboard, handlers
 from proxy.config import ProxyConfig
 from proxy.errors import InternalError, MethodNotAllowed, NoRoute, ProxyError
-from proxy.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from proxy.metrics import Metrics
+from proxy.middleware import BodyLimitMiddleware, RequestContextMiddleware, client_key_reader
 from proxy.models import ExchangeRecord, Reply
+from proxy.reporting import Reporting
 from proxy.runtime import Runtime, UpstreamFactory
 
 LOGGER = logging.getLogger("serving_proxy")
@@ -109,6 +113,7 @@ def create_app(
     *,
     upstream_factory: UpstreamFactory | None = None,
     on_complete: Callable[[ExchangeRecord], None] | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> Starlette:
     """Build the proxy for a validated config.
 
@@ -116,24 +121,44 @@ def create_app(
         config: the validated, frozen config.
         upstream_factory: builds one `Upstream` per backend pool (default aiohttp);
             benchmarks pass `HttpxUpstream`.
-        on_complete: called with every finished record (default: the access log).
+        on_complete: called with every finished record (default: the access log); the
+            metrics and statistics see every record either way.
+        registry: the Prometheus registry for this app's collectors (default: a fresh one).
     """
+    reporting = Reporting.build(config, registry=registry, environ=os.environ)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         runtime = Runtime.build(config, upstream_factory)
+        if reporting.metrics is not None:
+            runtime.on_in_flight = reporting.in_flight
         try:
             yield {"runtime": runtime}
         finally:
             await runtime.aclose()
+            if reporting.metrics is not None:
+                Metrics.mark_process_dead(reporting.metrics.multiprocess_dir)
 
-    def complete(record: ExchangeRecord) -> None:
+    def access_log(record: ExchangeRecord) -> None:
         accesslog.emit(record, enabled=config.logging.access_log)
 
-    return Starlette(
-        routes=routes(),
+    sink = on_complete or access_log
+
+    def complete(record: ExchangeRecord) -> None:
+        sink(record)
+        reporting.observe(record)
+
+    app = Starlette(
+        routes=[*routes(), *dashboard.routes()],
         middleware=[
-            Middleware(RequestContextMiddleware, on_complete=on_complete or complete),
+            Middleware(
+                RequestContextMiddleware,
+                on_complete=complete,
+                server_timing=config.reporting.server_timing,
+                client_key=client_key_reader(
+                    config.client_key, show_header=config.reporting.show_client_header
+                ),
+            ),
             Middleware(BodyLimitMiddleware, max_body_bytes=config.limits.max_body_bytes),
         ],
         exception_handlers={
@@ -143,6 +168,10 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # Read by the reporting endpoints (proxy.dashboard); built per app, never global.
+    app.state.config = config
+    app.state.reporting = reporting
+    return app
 
 
 def app_from_env() -> Starlette:
