@@ -1,0 +1,328 @@
+"""Shadowing: after the primary answer is ready, send the same request to the other backend
+and compare the two answers. It can never delay, alter or fail the primary answer.
+
+I/O (background tasks). The handler hands over a `ShadowJob` (the primary's answer and a
+ready-made call to the other backend) and returns at once; `submit` never awaits and never
+raises. Concurrency is bounded: a job that finds every slot taken is dropped and counted,
+so a slow shadow backend costs a fixed number of tasks, never an unbounded queue (Envoy,
+nginx and Istio mirror fire-and-forget; here the answers are compared, issue 3 §5).
+
+Background tasks are held by a `TaskSet`, the one place in `proxy/` that creates tasks
+(ruff bans bare `asyncio.create_task`): the event loop keeps only weak references, so an
+unreferenced task can be garbage-collected mid-flight (mitmproxy's asyncio_utils).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from proxy.compare import Answer, Comparison, Tolerance, Verdict, compare, shadow_error
+from proxy.config import ShadowConfig
+from proxy.errors import (
+    Overloaded,
+    ProxyError,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from proxy.models import Backend, Reply
+
+LOGGER = logging.getLogger("serving_proxy.shadow")
+# A shadow call that could not produce an answer: the backend's fault, not the request's.
+CALL_FAILURES = (UpstreamConnectError, UpstreamTimeout, UpstreamProtocolError, Overloaded)
+DROPPED = "dropped"
+# Bodies kept with a mismatch when `keep_payloads` is on, cut to this many bytes.
+MAX_PAYLOAD_BYTES = 4096
+
+CallListener = Callable[[str, Backend, int, float], None]
+ResultListener = Callable[[str, str], None]
+VerdictListener = Callable[[str, Comparison], None]
+
+
+class TaskSet:
+    """Strong references to background tasks until they finish; errors are logged."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            LOGGER.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def aclose(self) -> None:
+        """Cancel what is still running and wait for it to unwind."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowJob:
+    """One request to mirror.
+
+    Attributes:
+        model: the configured model name.
+        request_id: the client request's id, kept with a mismatch.
+        primary, shadow: which backend answered the client, which one is shadowed.
+        primary_reply: the answer the client got, in the legacy client's form.
+        call: sends the already-built request to the shadow backend and returns its answer
+            in the same form (a serverless answer through `translate.v2_to_legacy`); raises
+            a `ProxyError` as the primary path would.
+        payload: the request body, kept with a mismatch only when the config allows.
+    """
+
+    model: str
+    request_id: str
+    primary: Backend
+    shadow: Backend
+    primary_reply: Reply
+    call: Callable[[], Awaitable[Reply]]
+    payload: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """A mismatch as the admin API lists it: where the answers first differ, and how."""
+
+    at: float
+    request_id: str
+    verdict: str
+    path: str | None
+    primary_backend: str
+    primary: Any
+    shadow: Any
+    detail: str | None
+    request: str | None = None
+    primary_body: str | None = None
+    shadow_body: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "at": self.at,
+            "request_id": self.request_id,
+            "verdict": self.verdict,
+            "path": self.path,
+            "primary_backend": self.primary_backend,
+            "primary": self.primary,
+            "shadow": self.shadow,
+            "detail": self.detail,
+        }
+        if self.request is not None:
+            out |= {
+                "request": self.request,
+                "primary_body": self.primary_body,
+                "shadow_body": self.shadow_body,
+            }
+        return out
+
+
+@dataclass(slots=True)
+class ParityCounts:
+    """One model's shadow results since this process started."""
+
+    match: int = 0
+    shape_mismatch: int = 0
+    value_mismatch: int = 0
+    status_mismatch: int = 0
+    shadow_error: int = 0
+    dropped: int = 0
+
+    @property
+    def compared(self) -> int:
+        return self.match + self.shape_mismatch + self.value_mismatch + self.status_mismatch
+
+    @property
+    def rate(self) -> float | None:
+        """Matches over compared answers (shadow errors and drops are not answers)."""
+        return self.match / self.compared if self.compared else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "match": self.match,
+            "shape_mismatch": self.shape_mismatch,
+            "value_mismatch": self.value_mismatch,
+            "status_mismatch": self.status_mismatch,
+            "shadow_error": self.shadow_error,
+            "dropped": self.dropped,
+            "compared": self.compared,
+            "rate": self.rate,
+        }
+
+
+def decoded_body(reply: Reply) -> bytes:
+    """A pass-through reply's bytes without their Content-Encoding, for comparing."""
+    encoding = next((v for k, v in reply.headers if k.lower() == "content-encoding"), "")
+    encoding = encoding.strip().lower()
+    try:
+        if encoding in ("gzip", "x-gzip"):
+            return zlib.decompress(reply.body, 16 + zlib.MAX_WBITS)
+        if encoding == "deflate":
+            return zlib.decompress(reply.body)
+    except zlib.error:
+        return reply.body
+    return reply.body
+
+
+def answer_of(reply: Reply) -> Answer:
+    return Answer(reply.status, decoded_body(reply))
+
+
+def _cut(data: bytes) -> str:
+    return data[:MAX_PAYLOAD_BYTES].decode("utf-8", errors="replace")
+
+
+@dataclass
+class _Book:
+    counts: ParityCounts = field(default_factory=ParityCounts)
+    mismatches: deque[Mismatch] = field(default_factory=deque)
+
+
+class Shadow:
+    """Mirrors requests with bounded concurrency and keeps per-model parity.
+
+    Args:
+        config: the process-wide limits (`shadow:` in the config).
+        tolerances: each model's compare settings; a model not listed uses the defaults.
+        clock: wall time for the mismatch records.
+
+    Listeners (plain callables, called on the event loop, must not raise):
+        `on_call(model, backend, status, seconds)`: every shadow call that reached a
+        backend or failed on the way (status of the local error then), for the rollout
+        gates; `on_verdict(model, comparison)`; `on_result(model, result)` with result one
+        of the `Verdict` values or `dropped`, for metrics.
+    """
+
+    def __init__(
+        self,
+        config: ShadowConfig,
+        tolerances: Mapping[str, Tolerance] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.tolerances = dict(tolerances or {})
+        self.clock = clock
+        self.on_call: list[CallListener] = []
+        self.on_verdict: list[VerdictListener] = []
+        self.on_result: list[ResultListener] = []
+        self._tasks = TaskSet()
+        self._books: dict[str, _Book] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def _book(self, model: str) -> _Book:
+        book = self._books.get(model)
+        if book is None:
+            book = self._books[model] = _Book(mismatches=deque(maxlen=self.config.keep_mismatches))
+        return book
+
+    def submit(self, job: ShadowJob) -> bool:
+        """Start mirroring `job`, or drop it if every slot is taken. Never raises or waits.
+
+        Returns:
+            True if the shadow call was started.
+        """
+        try:
+            if len(self._tasks) >= self.config.max_concurrency:
+                self._book(job.model).counts.dropped += 1
+                self._emit_result(job.model, DROPPED)
+                return False
+            self._tasks.spawn(self._run(job), name=f"shadow:{job.model}:{job.request_id}")
+            return True
+        except Exception:  # the primary answer must go out whatever happens here
+            LOGGER.exception("shadow submit failed for %s", job.model)
+            return False
+
+    async def _run(self, job: ShadowJob) -> None:
+        t0 = time.perf_counter()
+        try:
+            reply = await job.call()
+        except CALL_FAILURES as exc:
+            self._emit_call(job.model, job.shadow, exc.status_code, time.perf_counter() - t0)
+            self._record(job, shadow_error(exc.flag), None)
+            return
+        except ProxyError as exc:
+            # Refused before any backend saw it (a body the serverless side cannot take):
+            # the client would have got this local reply, so that is the shadow's answer.
+            reply = exc.to_reply()
+        except Exception as exc:
+            LOGGER.exception("shadow call failed for %s", job.model)
+            self._record(job, shadow_error(f"BUG {type(exc).__name__}"), None)
+            return
+        else:
+            self._emit_call(job.model, job.shadow, reply.status, time.perf_counter() - t0)
+        primary, shadow = answer_of(job.primary_reply), answer_of(reply)
+        tolerance = self.tolerances.get(job.model) or Tolerance()
+        self._record(job, compare(primary, shadow, tolerance), (primary, shadow))
+
+    def _record(
+        self, job: ShadowJob, result: Comparison, answers: tuple[Answer, Answer] | None
+    ) -> None:
+        book = self._book(job.model)
+        counts = book.counts
+        setattr(counts, str(result.verdict), getattr(counts, str(result.verdict)) + 1)
+        if result.verdict is not Verdict.MATCH and book.mismatches.maxlen != 0:
+            mismatch = Mismatch(
+                at=self.clock(),
+                request_id=job.request_id,
+                verdict=str(result.verdict),
+                path=result.path,
+                primary_backend=str(job.primary),
+                primary=result.primary,
+                shadow=result.shadow,
+                detail=result.detail,
+            )
+            if self.config.keep_payloads and job.payload is not None:
+                mismatch = replace(
+                    mismatch,
+                    request=_cut(job.payload),
+                    primary_body=None if answers is None else _cut(answers[0].body),
+                    shadow_body=None if answers is None else _cut(answers[1].body),
+                )
+            book.mismatches.append(mismatch)
+        for listener in self.on_verdict:
+            listener(job.model, result)
+        self._emit_result(job.model, str(result.verdict))
+
+    def _emit_call(self, model: str, backend: Backend, status: int, seconds: float) -> None:
+        for listener in self.on_call:
+            listener(model, backend, status, seconds)
+
+    def _emit_result(self, model: str, result: str) -> None:
+        for listener in self.on_result:
+            listener(model, result)
+
+    # --- read side: the admin API and the reports (issue 4) ---------------------------------
+
+    def parity(self, model: str) -> ParityCounts:
+        """A copy of one model's counts since this process started."""
+        counts = self._book(model).counts
+        return replace(counts)
+
+    def mismatches(self, model: str) -> list[Mismatch]:
+        """The last `keep_mismatches` mismatches of one model, oldest first."""
+        return list(self._book(model).mismatches)
+
+    async def aclose(self) -> None:
+        await self._tasks.aclose()
