@@ -6,7 +6,7 @@
 
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
-  const W = 420, H = 190, PAD = { l: 44, r: 10, t: 10, b: 24 };
+  const W = 560, H = 220, PAD = { l: 48, r: 14, t: 10, b: 24 };
   const params = new URLSearchParams(location.search);
   const REFRESH_S = Math.max(1, Number(params.get("refresh")) || 5);
   // location.origin carries no user:password, which fetch() would refuse.
@@ -60,9 +60,10 @@
         svgEl("text", { x: PAD.l - 4, y: y + 3, "text-anchor": "end" }, ms((yMax * i) / 4) + yUnit)
       );
     }
-    for (const [x, label] of xLabels) {
-      svg.appendChild(svgEl("text", { x: x, y: H - 6, "text-anchor": "middle" }, label));
-    }
+    xLabels.forEach(([x, label], i) => {
+      const anchor = i === xLabels.length - 1 && i > 0 ? "end" : i === 0 ? "start" : "middle";
+      svg.appendChild(svgEl("text", { x: x, y: H - 6, "text-anchor": anchor }, label));
+    });
   }
 
   function newChart(container, name, title, legend) {
@@ -131,7 +132,7 @@
 
   // Distribution over the window, each side as a share of its own requests.
   function histogramChart(container, view) {
-    const svg = newChart(container, "histogram", "Latency distribution in the window", [
+    const svg = newChart(container, "histogram", "Latency distribution in the window (ms)", [
       ["legacy", "legacy"], ["serverless", "serverless"],
     ]);
     const sides = ["legacy", "serverless"].filter((s) => view.histogram[s]);
@@ -150,7 +151,7 @@
     yMax = niceMax(yMax);
     const slot = (W - PAD.l - PAD.r) / n;
     const labels = [];
-    for (let i = 0; i < n; i += 2) {
+    for (let i = 0; i < n; i += 4) {
       labels.push([PAD.l + slot * (i + 0.5), i < edges.length ? "≤" + edges[i] : ">" + edges[n - 2]]);
     }
     frame(svg, labels, yMax, "%");
@@ -245,7 +246,8 @@
       name, String(v.requests), pct(v.error_rate), ms(l.p50), ms(l.p95), ms(l.p99),
       ms(s.p50), ms(s.p95), ms(s.p99), ratio(v.ratio.p99), ms(v.proxy.p50), ms(v.proxy.p99),
       v.weight === null ? "n/a" : v.weight + "%", v.state || "n/a", parity,
-      String(v.clients.reduce((a, c) => a + c.requests, 0)),
+      `${v.clients.filter((c) => c.client !== "other").length} keys, ` +
+        `${v.clients.reduce((a, c) => a + c.requests, 0)} req`,
     ];
     cells.forEach((text, i) => {
       const td = el("td", {}, text);
