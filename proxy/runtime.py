@@ -11,8 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from proxy.backends import ModelTargets, Target, build_targets
+from proxy.compare import Comparison, Tolerance, Verdict
 from proxy.config import ProxyConfig
+from proxy.cutover import Cutover
 from proxy.errors import Overloaded
+from proxy.shadow import Shadow
 from proxy.upstream import AiohttpUpstream, Upstream, UpstreamSettings
 
 UpstreamFactory = Callable[[UpstreamSettings], Upstream]
@@ -27,6 +30,24 @@ class Runtime:
     in_flight: int = 0
     # Told +1/-1 as requests are admitted and leave (issue 4's in-flight gauge).
     on_in_flight: Callable[[int], None] | None = None
+    # Issue 3: the live routing table and the shadow mirror, with pools of their own so a
+    # slow shadow backend can never take a connection the primary path needs.
+    cutover: Cutover = field(init=False)
+    shadow: Shadow = field(init=False)
+    shadow_upstreams: dict[UpstreamSettings, Upstream] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cutover = Cutover(self.config)
+        self.shadow = Shadow(
+            self.config.shadow,
+            {name: Tolerance.from_config(m.compare) for name, m in self.config.models.items()},
+        )
+        self.shadow.on_call.append(self.cutover.observe)
+        self.shadow.on_verdict.append(self._parity)
+
+    def _parity(self, model: str, result: Comparison) -> None:
+        if result.verdict is not Verdict.SHADOW_ERROR:
+            self.cutover.observe_parity(model, result.matched)
 
     @classmethod
     def build(cls, config: ProxyConfig, factory: UpstreamFactory | None = None) -> Runtime:
@@ -45,6 +66,17 @@ class Runtime:
             pool = self.upstreams[target.settings] = self.upstream_factory(target.settings)
         return pool
 
+    def shadow_upstream(self, target: Target) -> Upstream:
+        """The pool shadow calls use: the same settings, its own connections."""
+        pool = self.shadow_upstreams.get(target.settings)
+        if pool is None:
+            pool = self.shadow_upstreams[target.settings] = self.upstream_factory(target.settings)
+        return pool
+
+    async def start(self) -> None:
+        """Load the cutover state and start following the store (raises `StateError`)."""
+        await self.cutover.start()
+
     @contextmanager
     def admit(self) -> Iterator[None]:
         """Hold one of `limits.max_in_flight` places, or refuse with 503 (§6.5 UO)."""
@@ -62,6 +94,9 @@ class Runtime:
                 hook(-1)
 
     async def aclose(self) -> None:
-        for pool in self.upstreams.values():
+        await self.shadow.aclose()
+        await self.cutover.aclose()
+        for pool in (*self.upstreams.values(), *self.shadow_upstreams.values()):
             await pool.aclose()
         self.upstreams.clear()
+        self.shadow_upstreams.clear()
