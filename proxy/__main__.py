@@ -55,7 +55,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config.server.workers > 1:
         # Several workers need an import string: each worker builds its own app.
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
-        uvicorn.run("proxy.app:app_from_env", factory=True, workers=config.server.workers, **common)
+        from proxy.metrics import MULTIPROC_ENV, multiprocess_directory
+
+        # Issue 4: workers write their metrics to files there and /metrics adds them up;
+        # the variable must be set before a worker first imports prometheus_client.
+        with multiprocess_directory(config.reporting.multiprocess_dir) as metrics_dir:
+            os.environ[MULTIPROC_ENV] = metrics_dir
+            uvicorn.run(
+                "proxy.app:app_from_env", factory=True, workers=config.server.workers, **common
+            )
     else:
         uvicorn.run(create_app(config), **common)
     return 0
@@ -71,6 +79,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
     return run_demo(args.demo_args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from proxy.report import run_report
+
+    return run_report(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the end-to-end demo on loopback")
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     demo.set_defaults(func=cmd_demo)
+
+    from proxy.report import add_report_arguments
+
+    report = sub.add_parser(
+        "report",
+        help="print the migration report of a running proxy (token: $SERVING_PROXY_ADMIN_TOKEN)",
+    )
+    add_report_arguments(report)
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -13,8 +13,12 @@ and, where they apply, the OpenTelemetry HTTP server conventions
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -82,6 +86,24 @@ TRANSLATE_BUCKETS_S = (
 def status_class(status: int) -> str:
     """`2xx` … `5xx`; `none` when no response was started (the client went away)."""
     return f"{status // 100}xx" if status >= 100 else NONE
+
+
+@contextlib.contextmanager
+def multiprocess_directory(path: str | None) -> Iterator[str]:
+    """The directory the workers share for metrics, emptied first: files left by an earlier
+    run would be added to this one's numbers. A temporary one (None) is removed at exit."""
+    if path is None:
+        made = tempfile.mkdtemp(prefix="serving-proxy-metrics-")
+        try:
+            yield made
+        finally:
+            shutil.rmtree(made, ignore_errors=True)
+        return
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    yield str(directory)
 
 
 def multiprocess_enabled() -> bool:

@@ -42,6 +42,13 @@ def rollout_from(config: ProxyConfig) -> RolloutSource:
     return source
 
 
+def parity_result(verdict: str) -> str:
+    """`match`, `mismatch`, `error` or `dropped` for a shadow verdict (`proxy.compare`)."""
+    if verdict in ("match", "dropped"):
+        return verdict
+    return "mismatch" if verdict.endswith("mismatch") else "error"
+
+
 @dataclass
 class Reporting:
     """The reporting of one app: None members are switched off in the config."""
@@ -110,9 +117,13 @@ class Reporting:
             self.metrics.observe(record)
 
     def observe_shadow(self, model: str, result: str) -> None:
-        """Count one shadow comparison (`match`, `mismatch`, `error`, `dropped`)."""
+        """Count one shadow result: a `compare.Verdict` value or `dropped`.
+
+        The metric keeps the verdict as it is (`shape_mismatch`, `value_mismatch`, …); the
+        report folds them into `match`, `mismatch`, `error`, `dropped`.
+        """
         if self.stats is not None:
-            self.stats.observe_shadow(model, result, self.clock())
+            self.stats.observe_shadow(model, parity_result(result), self.clock())
         if self.metrics is not None:
             self.metrics.observe_shadow(model, result)
 
