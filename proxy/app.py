@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy import accesslog, dashboard, handlers
+from proxy import accesslog, admin, dashboard, handlers
 from proxy.config import ProxyConfig
 from proxy.errors import InternalError, MethodNotAllowed, NoRoute, ProxyError
 from proxy.metrics import Metrics
@@ -133,6 +133,8 @@ def create_app(
         if reporting.metrics is not None:
             runtime.on_in_flight = reporting.in_flight
         try:
+            # Issue 3: load the cutover state (a bad `state:` stops start-up) and follow it.
+            await runtime.start()
             yield {"runtime": runtime}
         finally:
             await runtime.aclose()
@@ -149,7 +151,7 @@ def create_app(
         reporting.observe(record)
 
     app = Starlette(
-        routes=[*routes(), *dashboard.routes()],
+        routes=[*routes(), *dashboard.routes(), *admin.routes()],
         middleware=[
             Middleware(
                 RequestContextMiddleware,
