@@ -145,6 +145,11 @@ class ExchangeRecord:
     version: str | None = None
     legacy_format: str | None = None
     backend: Backend | None = None
+    # Issue 3: the client's sticky bucket (None: no key), why the backend was chosen
+    # (`weight`, `no-key`, `override`, `only-serverless`) and the backend shadowed, if any.
+    bucket: int | None = None
+    route_reason: str | None = None
+    shadow: Backend | None = None
     status: int = 0
     flag: str = "-"
     upstream_s: float | None = None
