@@ -7,13 +7,15 @@ reads the request, calls them, talks to the upstream and returns the reply.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from proxy import headers as header_rules
-from proxy.backends import Target
+from proxy.backends import ModelTargets, Target
+from proxy.config import ModelConfig
 from proxy.errors import (
     JSON,
     MethodNotAllowed,
@@ -26,6 +28,7 @@ from proxy.protocol import paths
 from proxy.protocol.legacy import parse_request
 from proxy.protocol.translate import legacy_to_v2, v2_to_legacy
 from proxy.runtime import Runtime
+from proxy.shadow import ShadowJob
 
 INVOCATION_ALLOW = ("OPTIONS", "POST")
 AUX_ALLOW = ("GET", "HEAD", "OPTIONS")
@@ -75,11 +78,14 @@ async def _send(
     path: str,
     headers: list[tuple[str, str]],
     body: bytes,
+    *,
+    shadow: bool = False,
 ) -> UpstreamReply:
     record.backend = target.backend
+    pool = runtime.shadow_upstream(target) if shadow else runtime.upstream(target)
     t0 = time.perf_counter()
     try:
-        return await runtime.upstream(target).send(method, path, headers, body)
+        return await pool.send(method, path, headers, body)
     finally:
         record.upstream_s = time.perf_counter() - t0
 
@@ -102,80 +108,97 @@ def _method_gate(request: Request, allow: tuple[str, ...], wanted: str) -> Respo
     raise MethodNotAllowed(allow)
 
 
-async def legacy_invocations(request: Request) -> Response:
-    """`POST /model/<name>/<version-or-stage>/invocations` (§1.2, §4, §5, §6.4)."""
-    gate = _method_gate(request, INVOCATION_ALLOW, "POST")
-    if gate is not None:
-        return gate
-    runtime, record = runtime_of(request), record_of(request)
-    ref = paths.resolve_legacy(
-        runtime.config.models, request.path_params["name"], request.path_params["version"]
-    )
-    _note_model(record, ref)
-    model = runtime.config.models[ref.name]
-    targets = runtime.targets[ref.name]
-    with runtime.admit():
-        body = await request.body()
-        incoming = header_rules.decode(request.scope["headers"])
-        if model.route is Backend.LEGACY and targets.legacy is not None:
-            target = targets.legacy
-            path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
-            if target.path_template is not None:
-                path = paths.render_path(target.path_template, ref)
-            if request.url.query:
-                path += "?" + request.url.query
-            reply = await _send(
-                runtime,
-                record,
-                target,
-                "POST",
-                path,
-                header_rules.to_legacy(incoming, request_id=record.request_id),
-                body,
-            )
-            return ReplyResponse(_passthrough_reply(reply))
+@dataclass(frozen=True, slots=True)
+class _Invocation:
+    """One legacy request, read once, that either backend can be sent: the primary call
+    writes onto the client's record, a shadow call (issue 3 §5) onto a scratch one."""
 
-        target = targets.serverless
-        path = paths.render_path(target.path_template or "", ref)
+    request: Request
+    runtime: Runtime
+    ref: ModelRef
+    model: ModelConfig
+    targets: ModelTargets
+    incoming: list[tuple[str, str]]
+    body: bytes
+    request_id: str
+
+    async def send(
+        self, backend: Backend, record: ExchangeRecord | None = None, *, shadow: bool = False
+    ) -> Reply:
+        """The answer in the legacy client's form, or a `ProxyError`."""
+        if record is None:
+            record = ExchangeRecord(self.request_id, "POST", "", time.perf_counter())
+        if backend is Backend.LEGACY and self.targets.legacy is not None:
+            return await self._legacy(self.targets.legacy, record, shadow)
+        return await self._serverless(record, shadow)
+
+    async def _legacy(self, target: Target, record: ExchangeRecord, shadow: bool) -> Reply:
+        """§1.4: the client's bytes, unchanged, to the legacy server."""
+        request = self.request
+        path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+        if target.path_template is not None:
+            path = paths.render_path(target.path_template, self.ref)
+        if request.url.query:
+            path += "?" + request.url.query
+        reply = await _send(
+            self.runtime,
+            record,
+            target,
+            "POST",
+            path,
+            header_rules.to_legacy(self.incoming, request_id=self.request_id),
+            self.body,
+            shadow=shadow,
+        )
+        return _passthrough_reply(reply)
+
+    async def _serverless(self, record: ExchangeRecord, shadow: bool) -> Reply:
+        request, model = self.request, self.model
+        target = self.targets.serverless
+        path = paths.render_path(target.path_template or "", self.ref)
         content_type = request.headers.get("content-type")
         if model.legacy_protocol is LegacyProtocol.MLFLOW2:
             # §8.1: the model already spoke MLflow 2 on legacy serving; map the URL only.
             reply = await _send(
-                runtime,
+                self.runtime,
                 record,
                 target,
                 "POST",
                 path,
                 header_rules.to_serverless(
-                    incoming,
+                    self.incoming,
                     content_type=content_type,
                     token=target.token,
-                    request_id=record.request_id,
+                    request_id=self.request_id,
                     client_host=_client_host(request),
                 ),
-                body,
+                self.body,
+                shadow=shadow,
             )
-            return ReplyResponse(_passthrough_reply(reply))
+            return _passthrough_reply(reply)
 
         t0 = time.perf_counter()
-        legacy_request = parse_request(content_type, body, accept_v2_bodies=model.accept_v2_bodies)
+        legacy_request = parse_request(
+            content_type, self.body, accept_v2_bodies=model.accept_v2_bodies
+        )
         record.legacy_format = str(legacy_request.format)
         v2 = legacy_to_v2(legacy_request, csv_mode=model.csv_mode, upstream_nan=model.upstream_nan)
         record.translate_s += time.perf_counter() - t0
         reply = await _send(
-            runtime,
+            self.runtime,
             record,
             target,
             "POST",
             path,
             header_rules.to_serverless(
-                incoming,
+                self.incoming,
                 content_type=v2.content_type,
                 token=target.token,
-                request_id=record.request_id,
+                request_id=self.request_id,
                 client_host=_client_host(request),
             ),
             v2.body,
+            shadow=shadow,
         )
         t0 = time.perf_counter()
         try:
@@ -188,6 +211,68 @@ async def legacy_invocations(request: Request) -> Response:
         if retry_after is not None and out.status in RETRY_AFTER_STATUSES:
             out = Reply(
                 out.status, out.body, out.content_type, (*out.headers, ("retry-after", retry_after))
+            )
+        return out
+
+
+async def legacy_invocations(request: Request) -> Response:
+    """`POST /model/<name>/<version-or-stage>/invocations` (§1.2, §4, §5, §6.4).
+
+    The cutover decides the backend per client (issue 3 §2); once the client's answer is
+    ready, a shadowed request is handed to the mirror and the answer goes out unchanged.
+    """
+    gate = _method_gate(request, INVOCATION_ALLOW, "POST")
+    if gate is not None:
+        return gate
+    runtime, record = runtime_of(request), record_of(request)
+    ref = paths.resolve_legacy(
+        runtime.config.models, request.path_params["name"], request.path_params["version"]
+    )
+    _note_model(record, ref)
+    model = runtime.config.models[ref.name]
+    with runtime.admit():
+        body = await request.body()
+        incoming = header_rules.decode(request.scope["headers"])
+        decision = runtime.cutover.decide(ref, incoming, _client_host(request))
+        record.bucket, record.route_reason = decision.bucket, decision.reason
+        call = _Invocation(
+            request,
+            runtime,
+            ref,
+            model,
+            runtime.targets[ref.name],
+            incoming,
+            body,
+            record.request_id,
+        )
+        t0 = time.perf_counter()
+        try:
+            out = await call.send(decision.primary, record)
+        except ProxyError as exc:
+            runtime.cutover.observe(
+                ref.name, decision.primary, exc.status_code, time.perf_counter() - t0
+            )
+            raise
+        runtime.cutover.observe(
+            ref.name, decision.primary, out.status, record.upstream_s or time.perf_counter() - t0
+        )
+        if decision.shadow is not None:
+            shadow = decision.shadow
+            record.shadow = shadow
+
+            async def mirror() -> Reply:
+                return await call.send(shadow, shadow=True)
+
+            runtime.shadow.submit(
+                ShadowJob(
+                    ref.name,
+                    record.request_id,
+                    decision.primary,
+                    shadow,
+                    out,
+                    mirror,
+                    body if runtime.config.shadow.keep_payloads else None,
+                )
             )
         return ReplyResponse(out)
 
