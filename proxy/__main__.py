@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_report_arguments(report)
     report.set_defaults(func=cmd_report)
+    # Issue 3: cutover control of a running proxy through its admin API.
+    from proxy.cli_admin import add_admin_commands
+
+    add_admin_commands(sub)
     return parser
 
 
