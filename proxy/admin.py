@@ -119,6 +119,11 @@ def _runtime(request: Request) -> Runtime:
 def _model_view(runtime: Runtime, model: str, *, mismatches: bool) -> dict[str, Any]:
     view = runtime.cutover.view(model)
     view["parity"] = runtime.shadow.parity(model).to_json()
+    # Process-wide: every model's shadow calls share these slots.
+    view["shadow"] = {
+        "in_flight": runtime.shadow.in_flight,
+        "max_concurrency": runtime.config.shadow.max_concurrency,
+    }
     if mismatches:
         view["mismatches"] = [m.to_json() for m in runtime.shadow.mismatches(model)]
     return view
