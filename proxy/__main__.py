@@ -1,8 +1,9 @@
-"""Command line: `serving-proxy serve|simulate|demo ...` (also `python -m proxy ...`)."""
+"""Command line: `serving-proxy serve|simulate|demo|loadtest ...` (also `python -m proxy ...`)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -87,6 +88,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return run_report(args)
 
 
+def cmd_loadtest(argv: Sequence[str]) -> int:
+    """Hand the rest of the command line to `loadtests.cli` (locust runs in a child process).
+
+    Imported by name at call time: `loadtests` is not part of the typed `proxy` package, and
+    nothing of it is loaded for the other commands.
+    """
+    cli = importlib.import_module("loadtests.cli")
+    code: int = cli.main(list(argv))
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="serving-proxy",
@@ -127,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_report_arguments(report)
     report.set_defaults(func=cmd_report)
+
+    # Listed for --help only: main() hands `loadtest ...` over before argparse sees its flags.
+    sub.add_parser(
+        "loadtest",
+        add_help=False,
+        help="load-test legacy or serverless endpoints with locust (`loadtest --help`)",
+    )
+
     # Issue 3: cutover control of a running proxy through its admin API.
     from proxy.cli_admin import add_admin_commands
 
@@ -135,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["loadtest"]:
+        return cmd_loadtest(args_list[1:])
+    args = build_parser().parse_args(args_list)
     code: int = args.func(args)
     return code
 
