@@ -132,6 +132,9 @@ def create_app(
         runtime = Runtime.build(config, upstream_factory)
         if reporting.metrics is not None:
             runtime.on_in_flight = reporting.in_flight
+        # Issue 4: weights, rollout states, rollbacks and shadow parity come from issue 3's
+        # cutover store and shadow mirror of this runtime.
+        reporting.follow(runtime.cutover, runtime.shadow)
         try:
             # Issue 3: load the cutover state (a bad `state:` stops start-up) and follow it.
             await runtime.start()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 from functools import cache
 from importlib import resources
 
@@ -17,8 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy import jsoncodec
-from proxy.config import ADMIN_TOKEN_ENV, ProxyConfig
+from proxy import admin, jsoncodec
 from proxy.reporting import Reporting
 
 REALM = 'Basic realm="serving-proxy admin", charset="UTF-8"'
@@ -41,52 +39,51 @@ def static_file(name: str) -> bytes:
     return resources.files("proxy").joinpath("static", name).read_bytes()
 
 
-def _config(request: Request) -> ProxyConfig:
-    config: ProxyConfig = request.app.state.config
-    return config
-
-
 def reporting_of(request: Request) -> Reporting:
     reporting: Reporting = request.app.state.reporting
     return reporting
 
 
-def presented_token(authorization: str) -> str | None:
-    """The token of `Bearer <token>`, or the password of `Basic base64(user:token)`.
+def bearer_from_basic(authorization: str) -> str | None:
+    """`Bearer <password>` for `Basic base64(user:password)`, else None.
 
-    Basic is accepted so that a person can open the dashboard in a browser, which asks
-    for it once and then sends it with the page's own requests.
+    A browser cannot send a bearer token by itself; it asks a person for a user name and
+    password once and then sends them with the page's own requests. The password is the
+    admin token; the user name means nothing.
     """
     scheme, _, value = authorization.strip().partition(" ")
-    scheme = scheme.lower()
-    if scheme == "bearer":
-        return value.strip() or None
-    if scheme == "basic":
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        return decoded.partition(":")[2] or None
-    return None
-
-
-def admin_refusal(request: Request, *, browser: bool = False) -> Response | None:
-    """None when the request carries the admin token, else the answer to send.
-
-    Stands in for issue 3's `proxy.admin` check until that lands (same token, same env):
-    constant-time comparison, never logged. Without a configured token the admin API is
-    off (403), so a proxy is never open by accident.
-    """
-    secret = _config(request).secrets.get(ADMIN_TOKEN_ENV)
-    if secret is None:
-        return _json(403, {"error": f"the admin API is off: set {ADMIN_TOKEN_ENV}"})
-    token = presented_token(request.headers.get("authorization", ""))
-    if token is not None and hmac.compare_digest(
-        token.encode("utf-8"), secret.get_secret_value().encode("utf-8")
-    ):
+    if scheme.lower() != "basic":
         return None
-    challenge = REALM if browser else 'Bearer realm="serving-proxy admin"'
-    return _json(401, {"error": "admin token required"}, {"www-authenticate": challenge})
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    password = decoded.partition(":")[2]
+    return f"Bearer {password}" if password else None
+
+
+def require_browser_admin(request: Request) -> None:
+    """Issue 3's `admin.require_admin`, also accepting the token as a Basic password.
+
+    The one check stays in `proxy.admin`: a Basic credential is rewritten to the bearer
+    form in a copy of the scope and handed to it. A refusal asks the browser for Basic.
+
+    Raises:
+        NoRoute, AdminError: as `require_admin` does.
+    """
+    bearer = bearer_from_basic(request.headers.get("authorization", ""))
+    if bearer is not None:
+        headers = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"]
+        headers.append((b"authorization", bearer.encode("utf-8")))
+        request = Request({**request.scope, "headers": headers})
+    try:
+        admin.require_admin(request)
+    except admin.AdminError as exc:
+        if exc.status_code != 401:
+            raise
+        raise admin.AdminError(
+            401, exc.error, exc.message, (("www-authenticate", REALM),)
+        ) from None
 
 
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
@@ -109,9 +106,7 @@ async def metrics(request: Request) -> Response:
 
 async def report(request: Request) -> Response:
     """The statistics behind `serving-proxy report` and the dashboard."""
-    refusal = admin_refusal(request, browser=True)
-    if refusal is not None:
-        return refusal
+    require_browser_admin(request)
     reporting = reporting_of(request)
     if reporting.stats is None:
         return _json(404, {"error": "statistics are off (reporting.stats: false)"})
@@ -119,9 +114,7 @@ async def report(request: Request) -> Response:
 
 
 async def dashboard(request: Request) -> Response:
-    refusal = admin_refusal(request, browser=True)
-    if refusal is not None:
-        return refusal
+    require_browser_admin(request)
     return Response(
         static_file("dashboard.html"),
         media_type="text/html; charset=utf-8",
@@ -130,9 +123,7 @@ async def dashboard(request: Request) -> Response:
 
 
 async def dashboard_script(request: Request) -> Response:
-    refusal = admin_refusal(request, browser=True)
-    if refusal is not None:
-        return refusal
+    require_browser_admin(request)
     return Response(
         static_file("dashboard.js"),
         media_type="text/javascript; charset=utf-8",
@@ -141,9 +132,7 @@ async def dashboard_script(request: Request) -> Response:
 
 
 async def dashboard_style(request: Request) -> Response:
-    refusal = admin_refusal(request, browser=True)
-    if refusal is not None:
-        return refusal
+    require_browser_admin(request)
     return Response(
         static_file("dashboard.css"),
         media_type="text/css; charset=utf-8",

@@ -14,8 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from proxy import __version__
 from proxy.config import ProxyConfig
+from proxy.cutover import Cutover, ModelState, UnknownModelError
 from proxy.metrics import MULTIPROC_ENV, Metrics, multiprocess_enabled
 from proxy.models import ExchangeRecord
+from proxy.shadow import Shadow
 from proxy.stats import (
     ClientInventory,
     Rollout,
@@ -132,6 +134,23 @@ class Reporting:
         self.rollout = source
         if self.stats is not None:
             self.stats.rollout = source
+
+    def follow(self, cutover: Cutover, shadow: Shadow) -> None:
+        """Read weights and rollout states from issue 3's cutover store, mark its rollbacks,
+        and count the shadow results (called once the lifespan has built them)."""
+
+        def source(model: str) -> Rollout:
+            try:
+                return Rollout(cutover.weight(model), cutover.rollout_status(model) or "manual")
+            except UnknownModelError:
+                return Rollout()
+
+        def changed(model: str, state: ModelState, action: str) -> None:
+            self.note_rollout(model, "rollback" if action == "rollback" else None)
+
+        self.set_rollout_source(source)
+        cutover.on_change.append(changed)
+        shadow.on_result.append(self.observe_shadow)
 
     def note_rollout(self, model: str, event: str | None = None) -> None:
         """A model's weight or state changed (a rollback names itself in `event`)."""
