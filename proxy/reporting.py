@@ -110,8 +110,9 @@ class Reporting:
             return
         now = self.clock()
         if record.client_key is not None and record.model is not None and is_legacy_client(record):
+            # No detected format: the body went to the legacy side untouched (§1.4, §8.1).
             self.inventory.observe(
-                record.model, record.client_key, record.legacy_format or "unparsed", now
+                record.model, record.client_key, record.legacy_format or "passthrough", now
             )
         if self.stats is not None:
             self.stats.observe(record, now)

@@ -322,7 +322,7 @@ class Stats:
 
     def observe_client(self, model: str, key: str, legacy_format: str | None, now: float) -> None:
         """Count one legacy-protocol request of a client key (see `is_legacy_client`)."""
-        self.inventory.observe(model, key, legacy_format or "unparsed", now)
+        self.inventory.observe(model, key, legacy_format or "passthrough", now)
 
     def observe_shadow(self, model: str, result: str, now: float) -> None:
         """Count one shadow comparison (`match`, `mismatch`, `error`, `dropped`)."""

@@ -198,7 +198,12 @@ def test_stats_records_clients_through_observe_client() -> None:
     stats.observe_client("iris", "k2", "csv", T0 + 2)
     clients = stats.snapshot(T0 + 3)["models"]["iris"]["clients"]
     assert clients == [
-        {"client": "k1", "requests": 2, "last_seen": T0 + 1, "formats": {"csv": 1, "unparsed": 1}},
+        {
+            "client": "k1",
+            "requests": 2,
+            "last_seen": T0 + 1,
+            "formats": {"csv": 1, "passthrough": 1},
+        },
         {"client": OTHER, "requests": 1, "last_seen": T0 + 2, "formats": {"csv": 1}},
     ]
 

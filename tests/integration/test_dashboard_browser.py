@@ -142,27 +142,37 @@ def chromium() -> Iterator[str]:
                 process.wait(10)
 
 
-def scripted_run(proxy_url: str) -> dict[str, int]:
-    """Legacy clients on the 1.x URL (routed to legacy) and migrated ones on the new URL."""
-    sent = {"legacy": 0, "serverless": 0}
+def scripted_run(proxy_url: str) -> int:
+    """A cutover in three phases through issue 3's admin API: all legacy, half serverless,
+    then a rollback; every request shadowed to the other side. Returns the requests sent."""
     body = {"columns": ["a", "b"], "data": [[1, 2], [3, 4]]}
     legacy_type = {"content-type": "application/json; format=pandas-split"}
+    admin = {"authorization": f"Bearer {TOKEN}"}
+    sent = 0
     with httpx.Client(base_url=proxy_url, timeout=10) as client:
-        for i in range(40):
-            r = client.post(
-                "/model/iris/1/invocations",
-                json=body,
-                headers={**legacy_type, "x-client-app": f"batch-job-{i % 3}"},
-            )
-            assert r.status_code == 200
-            sent["legacy"] += 1
-            r = client.post(
-                "/serving-endpoints/iris/invocations",
-                json={"dataframe_split": body},
-                headers={"x-client-app": "migrated-app"},
-            )
-            assert r.status_code == 200
-            sent["serverless"] += 1
+        for phase in ("before", "half", "rolled-back"):
+            if phase == "half":
+                r = client.put(
+                    "/admin/models/iris",
+                    json={"serverless_percent": 50, "reason": "dashboard test"},
+                    headers=admin,
+                )
+                assert r.status_code == 200, r.text
+            elif phase == "rolled-back":
+                r = client.post(
+                    "/admin/models/iris/rollback", json={"reason": "dashboard test"}, headers=admin
+                )
+                assert r.status_code == 200, r.text
+            for i in range(30):
+                r = client.post(
+                    "/model/iris/1/invocations",
+                    json=body,
+                    headers={**legacy_type, "x-client-app": f"batch-job-{i % 5}"},
+                )
+                assert r.status_code == 200
+                sent += 1
+            # Slots are 1 s: let each phase have its own point on the time axis.
+            time.sleep(1.1)
     return sent
 
 
@@ -178,7 +188,7 @@ def test_dashboard_draws_a_scripted_run_without_console_errors(chromium: str) ->
                     "legacy": {"url": legacy_server.url},
                     "serverless": {"url": serverless_server.url},
                 },
-                "models": {"iris": {"route": "legacy"}},
+                "models": {"iris": {"serverless_percent": 0, "shadow_percent": 100}},
                 "client_key": {"header": "x-client-app"},
                 "reporting": {"slot": "1s", "window": "60s", "show_client_header": True},
             },
@@ -222,6 +232,9 @@ def test_dashboard_draws_a_scripted_run_without_console_errors(chromium: str) ->
                     "[...document.querySelectorAll('table.clients td:first-child')]"
                     ".map(td => td.textContent)"
                 )
+                rollbacks = tools.evaluate(
+                    "document.querySelectorAll('svg[data-chart=weight] polygon.rollback').length"
+                )
                 shot = tools.call(
                     "Page.captureScreenshot", format="png", captureBeyondViewport=True
                 )
@@ -233,10 +246,12 @@ def test_dashboard_draws_a_scripted_run_without_console_errors(chromium: str) ->
     # The latency chart holds p50/p99 points of both sides; the histogram both sides' bars.
     assert charts["latency"] >= 4
     assert charts["histogram"] >= 2
-    assert charts["weight"] >= 1
-    assert empties == ["parity"]  # no shadowing in this run: parity is n/a, said in words
+    assert charts["weight"] >= 3  # 0 %, 50 %, back to 0 %
+    assert rollbacks >= 1
+    assert charts["parity"] >= 1
+    assert empties == []
     assert summary[0] == "iris"
-    assert summary[1] == str(sum(sent.values()))
-    assert sorted(clients) == ["batch-job-0", "batch-job-1", "batch-job-2"]
+    assert summary[1] == str(sent)
+    assert sorted(clients) == [f"batch-job-{i}" for i in range(5)]
     assert path.stat().st_size > 10_000
     assert os.access(path, os.R_OK)
