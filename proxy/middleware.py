@@ -77,7 +77,9 @@ def server_timing(record: ExchangeRecord, now: float) -> bytes:
     own time so far (translation included), `upstream` the wait on the backend it names,
     `translate` the translation alone."""
     upstream = record.upstream_s or 0.0
-    parts = [f"proxy;dur={(now - record.started - upstream) * 1e3:.3f}"]
+    # Never negative: the upstream wait is timed separately and rounding may overshoot.
+    own = max(now - record.started - upstream, 0.0)
+    parts = [f"proxy;dur={own * 1e3:.3f}"]
     if record.upstream_s is not None:
         parts.append(f'upstream;dur={upstream * 1e3:.3f};desc="{record.backend}"')
     if record.translate_s > 0:
