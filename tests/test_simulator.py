@@ -45,6 +45,7 @@ Connect = Callable[[Starlette], Awaitable[httpx.AsyncClient]]
 
 @pytest.fixture
 def anyio_backend() -> str:
+    # Pinned here, not only in conftest: serve_broken is built on asyncio's stream server.
     return "asyncio"
 
 
