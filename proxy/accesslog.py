@@ -30,12 +30,16 @@ def outcome(record: ExchangeRecord) -> str:
     return "LE" if record.backend is None else "UE"
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
 def iso_time(epoch_s: float) -> str:
     """UTC, millisecond precision: `2026-11-27T02:13:50.123Z`."""
     whole = int(epoch_s)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + (
-        f".{int((epoch_s - whole) * 1000):03d}Z"
-    )
+    if _second[0] != whole:
+        # strftime costs more than the rest of the line: once per second is enough.
+        _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
+    return f"{_second[1]}.{int((epoch_s - whole) * 1000):03d}Z"
 
 
 def fields(record: ExchangeRecord, now: float | None = None) -> dict[str, Any]:

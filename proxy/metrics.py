@@ -193,6 +193,9 @@ class Metrics:
         )
         # labels() takes a lock and validates on every call; the children never change.
         self._children: dict[tuple[str, ...], tuple[Histogram, Counter]] = {}
+        self._upstream: dict[tuple[str, str], Histogram] = {}
+        self._translate: dict[tuple[str, str], Histogram] = {}
+        self._clients: dict[tuple[str, str], Counter] = {}
 
     def observe(self, record: ExchangeRecord) -> None:
         """Count one finished request (called once per record, after the response)."""
@@ -211,13 +214,29 @@ class Metrics:
         duration, total = children
         duration.observe(record.total_s)
         total.inc()
+        # Created on first use only: a series that can never move is noise on a dashboard.
         if record.upstream_s is not None:
-            self.upstream_duration.labels(model, backend).observe(record.upstream_s)
+            upstream = self._upstream.get((model, backend))
+            if upstream is None:
+                upstream = self._upstream[(model, backend)] = self.upstream_duration.labels(
+                    model, backend
+                )
+            upstream.observe(record.upstream_s)
         if record.translate_s > 0:
-            self.translate_duration.labels(model, fmt).observe(record.translate_s)
+            translate = self._translate.get((model, fmt))
+            if translate is None:
+                translate = self._translate[(model, fmt)] = self.translate_duration.labels(
+                    model, fmt
+                )
+            translate.observe(record.translate_s)
         if record.client_key is not None and is_legacy_client(record):
             client = self.inventory.label(model, record.client_key)
-            self.legacy_requests.labels(model, client).inc()
+            counter = self._clients.get((model, client))
+            if counter is None:
+                counter = self._clients[(model, client)] = self.legacy_requests.labels(
+                    model, client
+                )
+            counter.inc()
 
     def observe_shadow(self, model: str, result: str) -> None:
         self.shadow.labels(model, result).inc()
