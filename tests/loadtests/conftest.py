@@ -43,7 +43,7 @@ class SimulatorProcess:
             "--kind", kind, "--host", "127.0.0.1", "--port", str(self.port), *extra,
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
-        self._paused = False
+        self.paused = False
 
     def start(self) -> None:
         self._log = self.log_path.open("wb")
@@ -84,18 +84,18 @@ class SimulatorProcess:
         """Freeze the whole server process: a real stall, connections queue in the kernel."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGSTOP)
-        self._paused = True
+        self.paused = True
 
     def resume(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGCONT)
-        self._paused = False
+        self.paused = False
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:
             return
         if self.process.poll() is None:
-            if self._paused:
+            if self.paused:
                 self.resume()
             self.process.terminate()
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,11 @@ from tests.loadtests.conftest import (
     run_cli,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # Looked up, never imported: locust monkey-patches the importing process with gevent.
+    pytest.mark.skipif(find_spec("locust") is None, reason="needs the 'load' extra (locust)"),
+]
 
 SERVERLESS_PATH = "/serving-endpoints/iris/invocations"
 # Short request timeout: the CLI's own kill deadline (duration + timeout + 60 s) then stays
@@ -184,7 +189,7 @@ def _run_with_stall(sim: SimulatorProcess, report_dir: Path, *extra: str) -> dic
             sim.resume()
             stdout, stderr = process.communicate(timeout=90)
         finally:
-            if sim._paused:
+            if sim.paused:
                 sim.resume()
             if process.poll() is None:
                 process.terminate()
