@@ -13,8 +13,11 @@ Each round measures off then on for --seconds each, with the same aiohttp client
 legacy pandas-split requests (translated, the common path); rounds alternate so drift
 on this 2-core machine falls on both. Prints requests/s per round and in total, and the
 cost in percent of throughput from the median of the rounds' on÷off ratios (robust to a
-round disturbed by another process; issue 4's target: at most 15 %). Every server
-is a child process on 127.0.0.1, stopped by its PID; the run is bounded by --seconds.
+round disturbed by another process; issue 4's target: at most 15 %). It also reads each
+proxy's own CPU time (/proc) per request served: the proxy is CPU-bound, so off÷on CPU per
+request is the throughput ratio it would reach alone, a figure other load does not move.
+Every server is a child process on 127.0.0.1, stopped by its PID; the run is bounded by
+--seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import statistics
@@ -54,8 +58,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def child(args: list[str], port: int, log: Path | None = None) -> Iterator[str]:
-    """Run a server process, wait until its port accepts, stop it by PID."""
+def child(args: list[str], port: int, log: Path | None = None) -> Iterator[tuple[str, int]]:
+    """Run a server process, wait until its port accepts, stop it by PID; yield URL and PID."""
     out = log.open("wb") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out)
     try:
@@ -70,7 +74,7 @@ def child(args: list[str], port: int, log: Path | None = None) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{args} did not start") from None
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process.pid
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -80,6 +84,12 @@ def child(args: list[str], port: int, log: Path | None = None) -> Iterator[str]:
             process.wait(10)
         if log is not None and not isinstance(out, int):
             out.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): what it spent, whatever else ran."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proxy_config(upstream: str, port: int, reporting: bool) -> dict[str, Any]:
@@ -132,7 +142,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sp-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         sim_port = free_port()
-        upstream = stack.enter_context(
+        upstream, _ = stack.enter_context(
             child(
                 [
                     python,
@@ -147,16 +157,17 @@ def main() -> int:
                 sim_port,
             )
         )
-        urls = {}
+        urls, pids = {}, {}
         for name, on in (("off", False), ("on", True)):
             port = free_port()
             config = work / f"{name}.yaml"
             config.write_text(yaml.safe_dump(proxy_config(upstream, port, on)))
             command = [python, "-m", "proxy", "serve", "--config", str(config)]
-            urls[name] = stack.enter_context(child(command, port, work / f"{name}.log"))
+            urls[name], pids[name] = stack.enter_context(child(command, port, work / f"{name}.log"))
         for url in urls.values():
             asyncio.run(load(url, 1.0, args.concurrency))  # warm-up: pools, imports, caches
         totals = {"off": 0, "on": 0}
+        cpu = {"off": 0.0, "on": 0.0}
         ratios = []
         print(
             f"reporting overhead: {args.rounds} rounds x {args.seconds:g} s, "
@@ -166,7 +177,9 @@ def main() -> int:
             order = ("off", "on") if n % 2 == 0 else ("on", "off")
             rates = {}
             for name in order:
+                before = cpu_seconds(pids[name])
                 ok, failed = asyncio.run(load(urls[name], args.seconds, args.concurrency))
+                cpu[name] += cpu_seconds(pids[name]) - before
                 if failed:
                     print(f"  {name}: {failed} requests failed", file=sys.stderr)
                 totals[name] += ok
@@ -184,6 +197,13 @@ def main() -> int:
         verdict = "within" if cost <= TARGET_COST else "OVER"
         print(f"  total:   off {off:8.0f} req/s   on {on:8.0f} req/s   on/off {on / off:.3f}")
         print(f"  median of the rounds' on/off ratios: {ratio:.3f}")
+        per_request = {k: cpu[k] / totals[k] * 1e6 for k in cpu}
+        cpu_ratio = per_request["off"] / per_request["on"]
+        print(
+            f"  proxy CPU per request: off {per_request['off']:.0f} us, on "
+            f"{per_request['on']:.0f} us; a CPU-bound proxy's throughput on/off "
+            f"{cpu_ratio:.3f} (cost {(1 - cpu_ratio) * 100:.1f} %, robust to other load)"
+        )
         print(
             f"  reporting costs {cost * 100:.1f} % of throughput ({verdict} the "
             f"{TARGET_COST * 100:.0f} % target); the 'on' proxy wrote {lines} access-log lines"
