@@ -15,14 +15,16 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal, NamedTuple
 
 from proxy.config import ClientKeyConfig
 from proxy.errors import UnknownModel
 from proxy.models import Backend, ModelRef
 
 BUCKETS = 10_000
+BUCKET_CACHE_SIZE = 65_536
 # Issue 3 §7: lets a named client pick its backend for one request.
 ROUTE_HEADER = "x-serving-proxy-route"
 KeySource = Literal["header", "authorization", "address"]
@@ -36,6 +38,11 @@ class Weights:
     serverless_percent: float
     shadow_percent: float = 0.0
     has_legacy: bool = True
+    # Buckets under this go to serverless; computed once per table, not per request.
+    cutoff: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cutoff", threshold(self.serverless_percent))
 
 
 RoutingTable = Mapping[str, Weights]
@@ -49,11 +56,12 @@ class ClientKey:
     value: str
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The backend that answers the client, and the one (if any) that is shadowed.
 
-    `bucket` is None when the request had no key and was split by a draw.
+    `bucket` is None when the request had no key and was split by a draw. A NamedTuple,
+    not a frozen dataclass: equally immutable, and built on every request, where a frozen
+    dataclass's `__init__` was half of the decision's cost.
     """
 
     primary: Backend
@@ -62,10 +70,17 @@ class Decision:
     reason: Reason
 
 
+# Enum attribute look-ups cost more than the arithmetic of a decision: bind them once.
+_LEGACY = Backend.LEGACY
+_SERVERLESS = Backend.SERVERLESS
+
+
 def other(backend: Backend) -> Backend:
-    return Backend.LEGACY if backend is Backend.SERVERLESS else Backend.SERVERLESS
+    return _LEGACY if backend is _SERVERLESS else _SERVERLESS
 
 
+# Clients repeat: a bounded cache turns the hash into a dict look-up on the hot path.
+@lru_cache(maxsize=BUCKET_CACHE_SIZE)
 def bucket_of(key: str) -> int:
     """The stable bucket (0..9999) of a client key: the same in every process, forever."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
@@ -138,18 +153,17 @@ def decide(
     if weights is None:
         raise UnknownModel(ref.name, ref.requested)
     if not weights.has_legacy:
-        return Decision(Backend.SERVERLESS, None, None, "only-serverless")
+        return Decision(_SERVERLESS, None, None, "only-serverless")
     bucket = None if key is None else bucket_of(key.value)
     primary: Backend
     reason: Reason
     if override is not None:
         primary, reason = override, "override"
     elif bucket is not None:
-        serverless = bucket < threshold(weights.serverless_percent)
-        primary, reason = (Backend.SERVERLESS if serverless else Backend.LEGACY), "weight"
+        primary, reason = (_SERVERLESS if bucket < weights.cutoff else _LEGACY), "weight"
     else:
         serverless = rng.random() * 100 < weights.serverless_percent
-        primary, reason = (Backend.SERVERLESS if serverless else Backend.LEGACY), "no-key"
+        primary, reason = (_SERVERLESS if serverless else _LEGACY), "no-key"
     # Drawn per request, not per client, so parity covers every client in time.
     shadowed = weights.shadow_percent > 0 and rng.random() * 100 < weights.shadow_percent
     return Decision(primary, other(primary) if shadowed else None, bucket, reason)

@@ -1,0 +1,237 @@
+"""What gradual cutover costs (issue 3), measured in one run on loopback.
+
+    python benchmarks/routing.py [--seconds 5] [--concurrency 16]
+
+Prints:
+  1. the routing decision (client key, override check, stable bucket, weight) in µs per
+     request, through `Cutover.decide` on a live table, and its parts;
+  2. throughput of the proxy answering from an instant legacy simulator with no shadowing
+     vs shadowing 100% to an instant serverless simulator (ratio: how much mirroring costs);
+  3. primary p50/p99 with no shadowing vs shadowing 100% to a serverless simulator that
+     takes 2 s (ratio: does a slow shadow reach the primary path at all).
+
+Every server is a child process on 127.0.0.1 (the proxy through its real CLI), stopped by
+its PID; every cell is bounded by --seconds. Figures, not assertions: pytest never times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BODY = b'{"columns": ["a", "b", "c", "d"], "data": [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4]]}'
+CONTENT_TYPE = "application/json; format=pandas-split"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def child(args: list[str], port: int, ready: str | None) -> Iterator[str]:
+    """Run a server process, wait until `ready` answers 200 (None: until it accepts a
+    connection), stop it by PID."""
+    process = subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{args} exited with {process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                    if ready is None:
+                        break
+                    sock.sendall(f"GET {ready} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                    if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{args} did not start")
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@contextmanager
+def simulator(kind: str, delay_ms: float = 0.0) -> Iterator[str]:
+    port = free_port()
+    args = ["-m", "proxy", "simulate", "--kind", kind, "--port", str(port)]
+    if delay_ms:
+        args += ["--delay-ms", str(delay_ms)]
+    # A delayed simulator delays /ping too: only wait for it to accept connections.
+    with child(args, port, None if delay_ms else "/ping") as url:
+        yield url
+
+
+@contextmanager
+def proxy(workdir: Path, legacy: str, serverless: str, shadow_percent: float) -> Iterator[str]:
+    port = free_port()
+    doc: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "backends": {"legacy": {"url": legacy}, "serverless": {"url": serverless}},
+        "models": {"iris": {"serverless_percent": 0, "shadow_percent": shadow_percent}},
+        "logging": {"access_log": False, "level": "warning"},
+        "state": str(workdir / f"state-{port}.sqlite3"),
+    }
+    path = workdir / f"proxy-{port}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with child(["-m", "proxy", "serve", "--config", str(path)], port, "/readyz") as url:
+        yield url
+
+
+async def load(url: str, concurrency: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker(stop: float, i: int) -> None:
+            nonlocal errors
+            headers = {"content-type": CONTENT_TYPE, "x-client-id": f"bench-{i}"}
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                async with session.post(url, data=BODY, headers=headers) as r:
+                    await r.read()
+                    errors += r.status != 200
+                latencies.append(time.perf_counter() - t0)
+
+        warm = time.perf_counter() + min(1.0, seconds / 4)
+        await asyncio.gather(*(worker(warm, i) for i in range(concurrency)))
+        latencies.clear()
+        errors = 0
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(start + seconds, i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
+        "errors": float(errors),
+    }
+
+
+def decision_cost() -> None:
+    from proxy.config import parse_config
+    from proxy.cutover import Cutover
+    from proxy.models import ModelRef
+    from proxy.routing import ClientKey, bucket_of, client_key, decide
+
+    config = parse_config(
+        {
+            "backends": {
+                "legacy": {"url": "http://127.0.0.1:1"},
+                "serverless": {"url": "http://127.0.0.1:2"},
+            },
+            "models": {"iris": {"serverless_percent": 25, "shadow_percent": 5}},
+            "client_key": {"header": "X-Client-Id"},
+            "route_override": {"clients": ["qa"]},
+        },
+        {},
+    )
+    cutover = Cutover(config, rng=random.Random(1))
+    ref = ModelRef("iris", "1", "1", "iris")
+    requests = [
+        [
+            ("content-type", CONTENT_TYPE),
+            ("user-agent", "python-requests/2.31"),
+            ("x-client-id", f"client-{i}"),
+        ]
+        for i in range(1000)
+    ]
+    n = 200_000
+
+    def per_request(stmt: Any) -> float:
+        best = min(timeit.repeat(stmt, number=n // 1000, repeat=5))
+        return best / (n // 1000) / len(requests) * 1e6
+
+    full = per_request(lambda: [cutover.decide(ref, h, "10.0.0.1") for h in requests])
+    keys = [ClientKey("header", f"client-{i}") for i in range(1000)]
+    rng = random.Random(2)
+    pure = per_request(lambda: [decide(cutover.table, ref, k, rng) for k in keys])
+    bucket = per_request(lambda: [bucket_of(k.value) for k in keys])
+    read = per_request(lambda: [client_key(h, "10.0.0.1", config.client_key) for h in requests])
+    print("1. routing decision, per request (best of 5):")
+    print(f"   Cutover.decide (key from headers, override check, bucket, weight): {full:.2f} µs")
+    print(
+        f"   routing.decide on a ready key: {pure:.2f} µs;  bucket_of: {bucket:.2f} µs;  "
+        f"client_key from 3 headers: {read:.2f} µs"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    decision_cost()
+    path = "/model/iris/1/invocations"
+    with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
+        work = Path(tmp)
+        with simulator("legacy") as legacy, simulator("serverless") as instant:
+            with proxy(work, legacy, instant, 0) as url:
+                base = asyncio.run(load(url + path, args.concurrency, args.seconds))
+            with proxy(work, legacy, instant, 100) as url:
+                mirrored = asyncio.run(load(url + path, args.concurrency, args.seconds))
+            with (
+                simulator("serverless", delay_ms=2000) as slow,
+                proxy(work, legacy, slow, 100) as url,
+            ):
+                slow_shadow = asyncio.run(load(url + path, args.concurrency, args.seconds))
+    print(
+        f"2. throughput, {args.concurrency} concurrent clients, {args.seconds:g} s per cell "
+        "(primary: legacy, bytes passed through):"
+    )
+    print(f"   no shadow:                         {base['rps']:8.0f} req/s")
+    print(
+        f"   shadow 100% to instant serverless: {mirrored['rps']:8.0f} req/s   "
+        f"ratio {mirrored['rps'] / base['rps']:.2f} "
+        f"(cost {100 * (1 - mirrored['rps'] / base['rps']):.0f}%)"
+    )
+    print("3. primary latency with a shadow backend that takes 2 s:")
+    print(f"   no shadow:          p50 {base['p50_ms']:6.2f} ms   p99 {base['p99_ms']:6.2f} ms")
+    print(
+        f"   shadow 100% (2 s):  p50 {slow_shadow['p50_ms']:6.2f} ms   "
+        f"p99 {slow_shadow['p99_ms']:6.2f} ms   p99 ratio "
+        f"{slow_shadow['p99_ms'] / base['p99_ms']:.2f}"
+    )
+    errors = base["errors"] + mirrored["errors"] + slow_shadow["errors"]
+    print(f"   non-200 answers in all cells: {errors:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())
