@@ -81,4 +81,4 @@ def emit(record: ExchangeRecord, *, enabled: bool = True) -> None:
         # Not LOGGER.log: it walks the stack for the caller's file and line (findCaller),
         # which no access line shows, and that was 40% of the line's cost per request.
         # `handle` still applies the logger's filters, handlers and propagation.
-        LOGGER.handle(LOGGER.makeRecord(LOGGER.name, level, __file__, 0, line, None, None))
+        LOGGER.handle(LOGGER.makeRecord(LOGGER.name, level, __file__, 0, line, (), None))
