@@ -462,10 +462,12 @@ class Cutover:
 
         def apply(s: ModelState) -> tuple[ModelState, str]:
             now = self.clock()
+            why = change.reason or f"set by {actor}"
             new_percent = s.serverless_percent if percent is None else percent
             rollout = s.rollout
             if rollout is not None and new_percent != s.serverless_percent:
-                rollout = replace(rollout, since=now)
+                # The interval restarts at the new weight, and the status says who moved it.
+                rollout = replace(rollout, since=now, reason=why)
             new = ModelState(
                 new_percent,
                 s.shadow_percent if shadow is None else shadow,
@@ -473,7 +475,7 @@ class Cutover:
                 "admin",
                 now,
             )
-            return new, change.reason or "set by admin"
+            return new, why
 
         return await self._apply(name, apply, actor, "set", None)
 

@@ -96,7 +96,7 @@ async def test_a_valid_change_swaps_the_table(make: Factory) -> None:
     assert cutover.table["iris"].serverless_percent == 25
     assert before["iris"].serverless_percent == 10  # the old snapshot is never edited
     entry = (await cutover.history("iris"))[0]
-    assert (entry.actor, entry.action, entry.reason) == ("ops", "set", "set by admin")
+    assert (entry.actor, entry.action, entry.reason) == ("ops", "set", "set by ops")
     assert entry.old is not None
     assert (entry.old["serverless_percent"], entry.new["serverless_percent"]) == (10, 25)
 
