@@ -76,10 +76,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return run_simulate(args)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(argv: Sequence[str]) -> int:
     from proxy.demo import run_demo
 
-    return run_demo(args.demo_args)
+    return run_demo(list(argv))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -127,9 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_simulate_arguments(simulate)
     simulate.set_defaults(func=cmd_simulate)
 
-    demo = sub.add_parser("demo", help="run the end-to-end demo on loopback")
-    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
-    demo.set_defaults(func=cmd_demo)
+    # Listed for --help only: main() hands `demo ...` to the demo's own parser.
+    sub.add_parser("demo", add_help=False, help="run the end-to-end demo on loopback")
 
     from proxy.report import add_report_arguments
 
@@ -156,8 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    # These two parse their own flags: argparse's REMAINDER would refuse `demo --tries 1`.
     if args_list[:1] == ["loadtest"]:
         return cmd_loadtest(args_list[1:])
+    if args_list[:1] == ["demo"]:
+        return cmd_demo(args_list[1:])
     args = build_parser().parse_args(args_list)
     code: int = args.func(args)
     return code

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from proxy.models import Backend, CsvMode, LegacyProtocol, UpstreamNan
+from proxy.recorder import RecordingConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -376,6 +377,8 @@ class ProxyConfig(_Frozen):
     shadow: ShadowConfig = ShadowConfig()
     admin: AdminConfig = AdminConfig()
     reporting: ReportingConfig = ReportingConfig()
+    # Issue 5: a capped sample of real legacy requests, for load tests to replay. Off.
+    recording: RecordingConfig = RecordingConfig()
     # Filled from the environment by load_config, never from the file.
     secrets: dict[str, SecretStr] = Field(default_factory=dict, exclude=True)
 

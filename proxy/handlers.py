@@ -27,13 +27,14 @@ from proxy.models import Backend, ExchangeRecord, LegacyProtocol, ModelRef, Repl
 from proxy.protocol import paths
 from proxy.protocol.legacy import parse_request
 from proxy.protocol.translate import legacy_to_v2, v2_to_legacy
+from proxy.recorder import record_sample
 from proxy.runtime import Runtime
 from proxy.shadow import ShadowJob
 
 INVOCATION_ALLOW = ("OPTIONS", "POST")
 AUX_ALLOW = ("GET", "HEAD", "OPTIONS")
 # §1.3: the recorded 1.30.1 bodies of the scoring server's own endpoints.
-AUX_BODIES = {"ping": b'"\n"', "health": b'"\n"', "version": b"1.30.1"}
+AUX_BODIES = {"ping": b"\n", "health": b"\n", "version": b"1.30.1"}
 # §6.4 M9/M11: tell a retrying client when to come back.
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 NEW_STYLE_405 = Reply(405, b'{"detail":"Method Not Allowed"}', JSON, (("allow", "POST"),))
@@ -184,6 +185,17 @@ class _Invocation:
         record.legacy_format = str(legacy_request.format)
         v2 = legacy_to_v2(legacy_request, csv_mode=model.csv_mode, upstream_nan=model.upstream_nan)
         record.translate_s += time.perf_counter() - t0
+        if not shadow:
+            record_sample(
+                self.runtime.config.recording,
+                model=self.ref.name,
+                version=self.ref.version,
+                path=request.url.path,
+                content_type=content_type,
+                body=self.body,
+                v2_content_type=v2.content_type,
+                v2_body=v2.body,
+            )
         reply = await _send(
             self.runtime,
             record,

@@ -167,7 +167,7 @@ async def test_methods_on_invocations(
 
 @pytest.mark.parametrize("word", ["ping", "health", "version"])
 async def test_auxiliary_endpoints_are_local(serverless: LiveServer, word: str) -> None:
-    expected = "1.30.1" if word == "version" else '"\n"'
+    expected = "1.30.1" if word == "version" else "\n"
     async with proxy(make_config(serverless)) as client:
         for path in (f"/{word}", f"/model/iris/Production/{word}"):
             r = await client.get(path)
@@ -234,8 +234,8 @@ async def test_bad_legacy_body_is_a_local_1x_error(serverless: LiveServer) -> No
         pytest.param({"status": 401}, 401, "CUSTOMER_UNAUTHORIZED", id="401"),
         pytest.param({"status": 503}, 503, "TEMPORARILY_UNAVAILABLE", id="503"),
         pytest.param({"status": 502}, 502, "INTERNAL_ERROR", id="502"),
-            # §6.4 M2: a 500 without stack_trace reads as a 2.0.1 predict MlflowException.
-            pytest.param({"status": 500}, 400, "BAD_REQUEST", id="500-is-m2"),
+        # §6.4 M2: a 500 without stack_trace reads as a 2.0.1 predict MlflowException.
+        pytest.param({"status": 500}, 400, "BAD_REQUEST", id="500-is-m2"),
         pytest.param({"malformed": True}, 502, "INTERNAL_ERROR", id="malformed-200"),
         pytest.param({"drop": True}, 503, "TEMPORARILY_UNAVAILABLE", id="dropped"),
     ],
@@ -404,3 +404,34 @@ async def test_one_access_line_per_request_without_tokens_or_bodies(
         assert "svc-secret" not in line
         assert "sepal" not in line
         assert "2.5" not in line
+
+
+async def test_recording_samples_legacy_requests_when_turned_on(
+    serverless: LiveServer, tmp_path: Any
+) -> None:
+    path = tmp_path / "recorded.jsonl"
+    config = make_config(
+        serverless, recording={"enabled": True, "path": str(path), "sample_rate": 1.0}
+    )
+    async with proxy(config) as client:
+        r = await client.post(
+            "/model/iris/3/invocations",
+            content=SPLIT,
+            headers={"content-type": SPLIT_CT, "authorization": "Bearer never-recorded"},
+        )
+    assert r.status_code == 200
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1
+    assert "never-recorded" not in lines[0]
+    line = httpx.Response(200, content=lines[0]).json()
+    assert line["id"] == "recorded/iris/3"
+    assert line["legacy"] == {"content_type": SPLIT_CT, "body": SPLIT.decode()}
+    assert line["serverless"]["content_type"] == "application/json"
+
+
+async def test_recording_is_off_by_default(serverless: LiveServer, tmp_path: Any) -> None:
+    async with proxy(make_config(serverless)) as client:
+        await client.post(
+            "/model/iris/3/invocations", content=SPLIT, headers={"content-type": SPLIT_CT}
+        )
+    assert list(tmp_path.iterdir()) == []
