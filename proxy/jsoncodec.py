@@ -1,8 +1,9 @@
 """The one place JSON is read and written. Pure.
 
 orjson is fast but refuses the bare `NaN`/`Infinity` tokens that every MLflow server reads
-and writes (protocols.md §4.2, §5.1), and integers beyond 64 bits; the stdlib accepts both.
-So reading tries orjson and falls back to the stdlib, and the legacy-facing writer is the
+and writes (protocols.md §4.2, §5.1), and reads an integer beyond 64 bits as a float; the
+stdlib does neither. So reading tries orjson and falls back to the stdlib (`loads`), a value
+that will be written again is read by `loads_exact`, and the legacy-facing writer is the
 stdlib's, whose default separators and float repr are what 1.30.1 wrote (§5.3).
 """
 
@@ -18,6 +19,9 @@ JSONDecodeError = ValueError
 
 def loads(data: bytes | str) -> Any:
     """Parse JSON as MLflow's `json.loads` does: key order kept, 1 vs 1.0 kept, NaN accepted.
+
+    An integer beyond 64 bits comes back as a float: use `loads_exact` for a value that
+    will be serialised again.
 
     Raises:
         ValueError: the text is not JSON (not even with the stdlib's extensions).
