@@ -18,14 +18,21 @@ proxy's own CPU time (/proc) per request served: the proxy is CPU-bound, so offÃ
 request is the throughput ratio it would reach alone, a figure other load does not move.
 Every server is a child process on 127.0.0.1, stopped by its PID; the run is bounded by
 --seconds.
+
+Then, unless --no-components, what each part costs: the app driven in this process through
+ASGI with a stub upstream (the `Upstream` seam), CPU time per request with nothing on, each
+part alone (access log, metrics, HDR statistics, Server-Timing) and all of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import logging
 import os
+import random
 import signal
 import socket
 import statistics
@@ -40,6 +47,11 @@ from typing import Any
 
 import aiohttp
 import yaml
+from asgi_lifespan import LifespanManager
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proxy.models import UpstreamReply
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -48,6 +60,7 @@ BODY = json.dumps({"columns": COLUMNS, "data": ROWS}).encode()
 CONTENT_TYPE = "application/json; format=pandas-split"
 CLIENT_KEYS = 50
 TARGET_COST = 0.15
+STUB_REPLY = b'{"predictions": [0, 1, 2]}'
 
 
 def free_port() -> int:
@@ -132,11 +145,109 @@ async def load(url: str, seconds: float, concurrency: int) -> tuple[int, int]:
     return ok, failed
 
 
+class StubUpstream:
+    """Answers every call at once with a fixed MLflow 2 reply: no socket, no sleep."""
+
+    def __init__(self, settings: object) -> None:
+        self.reply = UpstreamReply(200, (("content-type", "application/json"),), STUB_REPLY)
+
+    async def send(self, method: str, path: str, headers: object, body: bytes) -> UpstreamReply:
+        return self.reply
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def drive(app: Any, count: int) -> None:
+    """`count` legacy requests straight through the ASGI app, lifespan included."""
+    base = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/model/iris/1/invocations",
+        "raw_path": b"/model/iris/1/invocations",
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8080),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    async with LifespanManager(app) as manager:
+        for i in range(count):
+            headers = [
+                (b"content-type", CONTENT_TYPE.encode()),
+                (b"x-client-app", f"app-{i % CLIENT_KEYS}".encode()),
+                (b"content-length", str(len(BODY)).encode()),
+            ]
+            await manager.app({**base, "headers": headers, "state": {}}, receive, send)
+
+
+def components(rounds: int, count: int) -> None:
+    # The access log goes to a file, as in the throughput run.
+    with tempfile.TemporaryFile("w") as sink:
+        _components(rounds, count, sink)
+
+
+def _components(rounds: int, count: int, sink: Any) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from proxy.app import create_app
+    from proxy.config import parse_config
+
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("serving_proxy")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    variants = {
+        "nothing": (False, False, False, False),
+        "access log": (True, False, False, False),
+        "metrics": (False, True, False, False),
+        "HDR stats": (False, False, True, False),
+        "Server-Timing": (False, False, False, True),
+        "all": (True, True, True, True),
+    }
+    apps = {}
+    for name, (log, metrics, stats, timing) in variants.items():
+        doc = proxy_config("http://127.0.0.1:9", 0, False)
+        doc["logging"]["access_log"] = log
+        doc["reporting"] = {"metrics": metrics, "stats": stats, "server_timing": timing}
+        config = parse_config(doc, {})
+        apps[name] = create_app(config, upstream_factory=StubUpstream, registry=CollectorRegistry())
+    samples: dict[str, list[float]] = {name: [] for name in apps}
+    order = list(apps)
+    shuffle = random.Random(4)
+    for _ in range(rounds):
+        # A new order each round, so a slow moment of the machine lands on no one part.
+        shuffle.shuffle(order)
+        for name in order:
+            app = apps[name]
+            gc.collect()
+            start = time.process_time()
+            asyncio.run(drive(app, count))
+            samples[name].append((time.process_time() - start) / count * 1e6)
+    base = statistics.median(samples["nothing"])
+    print(f"in-process CPU per request, stub upstream ({rounds} rounds x {count}, median):")
+    for name, values in samples.items():
+        cost = statistics.median(values)
+        print(f"  {name:<14} {cost:6.0f} us   +{cost - base:4.0f} us")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--no-components", action="store_true", help="skip the breakdown")
     args = parser.parse_args()
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="sp-bench-") as tmp, ExitStack() as stack:
@@ -208,6 +319,8 @@ def main() -> int:
             f"  reporting costs {cost * 100:.1f} % of throughput ({verdict} the "
             f"{TARGET_COST * 100:.0f} % target); the 'on' proxy wrote {lines} access-log lines"
         )
+    if not args.no_components:
+        components(rounds=9, count=3000)
     return 0
 
 
