@@ -143,6 +143,7 @@ def create_app(
             await runtime.aclose()
             if reporting.metrics is not None:
                 Metrics.mark_process_dead(reporting.metrics.multiprocess_dir)
+            reporting.close()
 
     def access_log(record: ExchangeRecord) -> None:
         accesslog.emit(record, enabled=config.logging.access_log)

@@ -90,8 +90,9 @@ def status_class(status: int) -> str:
 
 @contextlib.contextmanager
 def multiprocess_directory(path: str | None) -> Iterator[str]:
-    """The directory the workers share for metrics, emptied first: files left by an earlier
-    run would be added to this one's numbers. A temporary one (None) is removed at exit."""
+    """The directory the workers share for metrics and statistics, emptied first: files
+    left by an earlier run would be added to this one's numbers. A temporary one (None) is
+    removed at exit."""
     if path is None:
         made = tempfile.mkdtemp(prefix="serving-proxy-metrics-")
         try:
@@ -101,8 +102,10 @@ def multiprocess_directory(path: str | None) -> Iterator[str]:
         return
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
-        stale.unlink()
+    # *.db: prometheus-client's values; stats_*.json: each worker's HDR statistics.
+    for pattern in ("*.db", "stats_*.json"):
+        for stale in directory.glob(pattern):
+            stale.unlink()
     yield str(directory)
 
 

@@ -1,18 +1,28 @@
 """Ties one app's reporting together: each finished record goes to the client inventory,
 the HDR statistics and the Prometheus metrics, in that order (the metrics label clients by
 the inventory's ranking). Built once per app; the access log stays in `accesslog.py`.
+
+With several uvicorn workers, each worker writes its statistics window to
+`stats_<pid>.json` in the shared multiprocess directory (at most once a second, and only
+after traffic), and a report merges the other workers' files into its own live figures,
+so `/admin/report` and the dashboard cover every worker, as `/metrics` does.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from proxy import __version__
+from proxy import __version__, jsoncodec
 from proxy.config import ProxyConfig
 from proxy.cutover import Cutover, ModelState, UnknownModelError
 from proxy.metrics import MULTIPROC_ENV, Metrics, multiprocess_enabled
@@ -26,6 +36,12 @@ from proxy.stats import (
     StatsSettings,
     is_legacy_client,
 )
+
+LOGGER = logging.getLogger("serving_proxy")
+# How soon after a request a worker's statistics file is rewritten: the report from another
+# worker lags by at most this much, and an idle worker writes nothing.
+PUBLISH_DELAY_S = 1.0
+STATS_FILE_PREFIX = "stats_"
 
 
 def rollout_from(config: ProxyConfig) -> RolloutSource:
@@ -61,6 +77,9 @@ class Reporting:
     models: tuple[str, ...]
     rollout: RolloutSource
     clock: Callable[[], float] = time.time
+    # The directory the workers share (None: one process, nothing to share).
+    shared_dir: Path | None = None
+    _pending: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     def build(
@@ -98,7 +117,17 @@ class Reporting:
                 inventory=inventory,
                 multiprocess_dir=shared,
             )
-        return cls(inventory, stats, metrics, tuple(config.models), rollout, clock)
+        env = environ or {}
+        shared = env.get(MULTIPROC_ENV) if config.server.workers > 1 else None
+        return cls(
+            inventory,
+            stats,
+            metrics,
+            tuple(config.models),
+            rollout,
+            clock,
+            None if shared is None or stats is None else Path(shared),
+        )
 
     @property
     def enabled(self) -> bool:
@@ -116,8 +145,64 @@ class Reporting:
             )
         if self.stats is not None:
             self.stats.observe(record, now)
+            if self.shared_dir is not None and not self._pending:
+                self._schedule_publish()
         if self.metrics is not None:
             self.metrics.observe(record)
+
+    # --- sharing statistics between workers ------------------------------------------
+
+    @property
+    def stats_file(self) -> Path:
+        assert self.shared_dir is not None
+        return self.shared_dir / f"{STATS_FILE_PREFIX}{os.getpid()}.json"
+
+    def _schedule_publish(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a script): write now
+            self.publish()
+            return
+        # A timer, not a task: nothing to cancel or hold a reference to at shutdown.
+        self._pending = True
+        loop.call_later(PUBLISH_DELAY_S, self.publish)
+
+    def publish(self) -> None:
+        """Write this worker's statistics for the other workers (atomically: a reader sees
+        the old file or the new one, never half of one)."""
+        self._pending = False
+        if self.stats is None or self.shared_dir is None:
+            return
+        target = self.stats_file
+        partial = target.with_suffix(".tmp")
+        try:
+            partial.write_bytes(jsoncodec.dumps(self.stats.export(self.clock())))
+            os.replace(partial, target)
+        except OSError as exc:
+            LOGGER.warning("cannot write worker statistics to %s: %s", target, exc.strerror)
+
+    def _peers(self) -> list[dict[str, Any]]:
+        """The other workers' last published statistics."""
+        if self.shared_dir is None:
+            return []
+        own = self.stats_file.name
+        peers = []
+        for path in sorted(self.shared_dir.glob(f"{STATS_FILE_PREFIX}*.json")):
+            if path.name == own:
+                continue
+            try:
+                data = jsoncodec.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue  # gone or being replaced: the next report reads it
+            if isinstance(data, dict) and "slots" in data:
+                peers.append(data)
+        return peers
+
+    def close(self) -> None:
+        """Remove this worker's statistics file as it exits (its figures leave with it)."""
+        if self.shared_dir is not None:
+            with contextlib.suppress(OSError):
+                self.stats_file.unlink()
 
     def observe_shadow(self, model: str, result: str) -> None:
         """Count one shadow result: a `compare.Verdict` value or `dropped`.
@@ -171,13 +256,14 @@ class Reporting:
         return self.metrics.exposition()
 
     def report(self) -> dict[str, Any]:
-        """What `GET /admin/report` answers: the statistics of this process, JSON-ready."""
+        """What `GET /admin/report` answers: this worker's statistics and the other
+        workers' last published ones, merged, JSON-ready."""
         assert self.stats is not None
-        snapshot = self.stats.snapshot(self.clock())
+        now = self.clock()
         for model in self.models:
-            # A configured model with no traffic yet still gets its row (all n/a).
-            if model not in snapshot["models"]:
-                self.stats.note_rollout(model, self.clock())
-        if any(model not in snapshot["models"] for model in self.models):
-            snapshot = self.stats.snapshot(self.clock())
-        return {"version": __version__, **snapshot}
+            # A configured model with no traffic yet still gets its row (all n/a); a
+            # weight that changed since the last request gets its point.
+            self.stats.note_rollout(model, now)
+        peers = self._peers()
+        snapshot = self.stats.snapshot(now, peers)
+        return {"version": __version__, "workers": 1 + len(peers), **snapshot}

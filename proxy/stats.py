@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,18 +199,46 @@ class ClientInventory:
     def models(self) -> Iterable[str]:
         return self._models.keys()
 
-    def report(self, model: str) -> list[dict[str, Any]]:
-        """The top N keys, then `other` (everything else), most requests first."""
-        ranked = self.ranked(model)
+    def report(self, model: str, peers: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+        """The top N keys, then `other` (everything else), most requests first.
+
+        `peers` are other workers' `export()`s: their counts are added key by key.
+        """
+        entries = {key: _copy(entry) for key, entry in self._models.get(model, {}).items()}
+        rest = _copy(self._other.get(model, ClientEntry()))
+        for peer in peers:
+            data = peer.get(model)
+            if data is None:
+                continue
+            for key, requests, last_seen, formats in data["entries"]:
+                _fold(
+                    entries.setdefault(key, ClientEntry()),
+                    ClientEntry(requests, last_seen, formats),
+                )
+            requests, last_seen, formats = data["other"]
+            _fold(rest, ClientEntry(requests, last_seen, formats))
+        ranked = sorted(entries.items(), key=lambda kv: (-kv[1].requests, kv[0]))
         rows = [_client_row(key, entry) for key, entry in ranked[: self.top_n]]
-        rest = ClientEntry()
         for _, entry in ranked[self.top_n :]:
             _fold(rest, entry)
-        if model in self._other:
-            _fold(rest, self._other[model])
         if rest.requests:
             rows.append(_client_row(OTHER, rest))
         return rows
+
+    def export(self) -> dict[str, Any]:
+        """Every count, JSON-ready, for another worker's `report(peers=...)`."""
+        out: dict[str, Any] = {}
+        for model, entries in self._models.items():
+            other = self._other.get(model, ClientEntry())
+            out[model] = {
+                "entries": [[k, e.requests, e.last_seen, e.formats] for k, e in entries.items()],
+                "other": [other.requests, other.last_seen, other.formats],
+            }
+        return out
+
+
+def _copy(entry: ClientEntry) -> ClientEntry:
+    return ClientEntry(entry.requests, entry.last_seen, dict(entry.formats))
 
 
 def _fold(into: ClientEntry, entry: ClientEntry) -> None:
@@ -261,6 +289,8 @@ class Stats:
         self._weights: dict[str, deque[_WeightPoint]] = {}
         self._parity_total: dict[tuple[str, str], int] = {}
         self._models: set[str] = set()
+        # Encoded histograms of closed slots (they never change), for `export`.
+        self._encoded: dict[tuple[int, str, str], str] = {}
 
     # --- recording ---------------------------------------------------------------------
 
@@ -286,6 +316,7 @@ class Stats:
         oldest = index - self.settings.slots + 1
         while self._slots and self._slots[0].index < oldest:
             self._slots.popleft()
+        self._encoded = {k: v for k, v in self._encoded.items() if k[0] >= oldest}
         self.inventory.refresh_top()
         for model in self._models:
             self._sample_rollout(model, index * self.settings.slot_s)
@@ -361,6 +392,55 @@ class Stats:
             return  # unchanged: one point per change keeps the series short
         points.append(_WeightPoint(t, current.weight, current.state, event))
 
+    # --- sharing between workers ------------------------------------------------------
+
+    def export(self, now: float) -> dict[str, Any]:
+        """This process's window, JSON-ready, for other workers to merge (`snapshot(peers=)`).
+
+        Histograms travel in HdrHistogram's compressed base64 encoding; a closed slot is
+        encoded once, only the open one again at every export.
+        """
+        window = self._window(now)
+        slots = []
+        for slot in window:
+            is_open = slot is self._slots[-1]
+            cells = []
+            for (model, series), cell in slot.cells.items():
+                key = (slot.index, model, series)
+                encoded = None if is_open else self._encoded.get(key)
+                if encoded is None:
+                    encoded = cell.hist.encode().decode("ascii")
+                    if not is_open:
+                        self._encoded[key] = encoded
+                cells.append([model, series, cell.requests, cell.errors, encoded])
+            slots.append(
+                {
+                    "index": slot.index,
+                    "cells": cells,
+                    "local": [[m, r, e] for m, (r, e) in slot.local.items()],
+                    "parity": [[m, res, n] for (m, res), n in slot.parity.items()],
+                }
+            )
+        return {
+            "t": now,
+            "slot_s": self.settings.slot_s,
+            "significant_figures": self.settings.significant_figures,
+            "models": sorted(self._models),
+            "slots": slots,
+            "parity_total": [[m, res, n] for (m, res), n in self._parity_total.items()],
+            "clients": self.inventory.export(),
+        }
+
+    def _import_slot(self, data: Mapping[str, Any]) -> _Slot:
+        slot = _Slot(int(data["index"]))
+        for model, series, requests, errors, encoded in data["cells"]:
+            hist = self._hist()
+            hist.decode_and_add(encoded.encode("ascii"))
+            slot.cells[(model, series)] = _Cell(hist, requests, errors)
+        slot.local = {m: [r, e] for m, r, e in data["local"]}
+        slot.parity = {(m, res): n for m, res, n in data["parity"]}
+        return slot
+
     # --- reading ----------------------------------------------------------------------
 
     def _summary(self, slot: _Slot) -> dict[str, Any]:
@@ -377,15 +457,44 @@ class Stats:
         oldest = int(now // self.settings.slot_s) - self.settings.slots + 1
         return [slot for slot in self._slots if slot.index >= oldest]
 
-    def snapshot(self, now: float) -> dict[str, Any]:
-        """Everything the report and the dashboard show, JSON-ready (times in ms, epoch s)."""
+    def snapshot(self, now: float, peers: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+        """Everything the report and the dashboard show, JSON-ready (times in ms, epoch s).
+
+        `peers` are other workers' `export()`s (same settings): their slots in the window,
+        parity and client counts are added to this process's. The time series before the
+        window is this process's alone (only summaries are kept that far back).
+        """
         window = self._window(now)
+        oldest = int(now // self.settings.slot_s) - self.settings.slots + 1
+        peer_slots = [
+            self._import_slot(slot)
+            for peer in peers
+            if peer.get("slot_s") == self.settings.slot_s
+            for slot in peer["slots"]
+            if slot["index"] >= oldest
+        ]
+        parity_total = dict(self._parity_total)
+        names = self._models | set(self.inventory.models())
+        for peer in peers:
+            names |= set(peer["models"]) | set(peer["clients"])
+            for model, result, n in peer["parity_total"]:
+                parity_total[(model, result)] = parity_total.get((model, result), 0) + n
+        clients = [peer["clients"] for peer in peers]
+        every = [*window, *peer_slots]
         models: dict[str, Any] = {}
-        for model in sorted(self._models | set(self.inventory.models())):
-            models[model] = self._model_view(model, window)
-        series = list(self._history)
-        if self._slots and self._slots[-1] in window:
-            series.append(self._summary(self._slots[-1]))  # the open slot, so far
+        for model in sorted(names):
+            models[model] = self._model_view(model, every, parity_total, clients)
+        if peer_slots:
+            start = oldest * self.settings.slot_s
+            series = [point for point in self._history if point["t"] < start]
+            by_index: dict[int, list[_Slot]] = {}
+            for slot in every:
+                by_index.setdefault(slot.index, []).append(slot)
+            series += [self._summary(self._combined(by_index[i])) for i in sorted(by_index)]
+        else:
+            series = list(self._history)
+            if self._slots and self._slots[-1] in window:
+                series.append(self._summary(self._slots[-1]))  # the open slot, so far
         return {
             "window_s": self.settings.window_s,
             "slot_s": self.settings.slot_s,
@@ -395,7 +504,28 @@ class Stats:
             "series": series,
         }
 
-    def _model_view(self, model: str, window: list[_Slot]) -> dict[str, Any]:
+    def _combined(self, slots: list[_Slot]) -> _Slot:
+        """One slot holding the cells of several workers' slots of the same index."""
+        if len(slots) == 1:
+            return slots[0]
+        out = _Slot(slots[0].index)
+        for slot in slots:
+            for key, cell in slot.cells.items():
+                into = out.cells.get(key)
+                if into is None:
+                    into = out.cells[key] = _Cell(self._hist())
+                into.requests += cell.requests
+                into.errors += cell.errors
+                into.hist.add(cell.hist)
+        return out
+
+    def _model_view(
+        self,
+        model: str,
+        window: list[_Slot],
+        parity_total: Mapping[tuple[str, str], int],
+        peer_clients: Sequence[Mapping[str, Any]],
+    ) -> dict[str, Any]:
         merged: dict[str, _Cell] = {}
         local = [0, 0]
         parity = dict.fromkeys(PARITY_RESULTS, 0)
@@ -426,7 +556,7 @@ class Stats:
         proxy = merged.get(PROXY)
         rollout = self.rollout(model)
         compared = parity["match"] + parity["mismatch"]
-        totals = {r: self._parity_total.get((model, r), 0) for r in PARITY_RESULTS}
+        totals = {r: parity_total.get((model, r), 0) for r in PARITY_RESULTS}
         return {
             "requests": requests,
             "errors": errors,
@@ -450,7 +580,7 @@ class Stats:
                 name: _distribution(merged[name].hist) if name in merged else None
                 for name in BACKENDS
             },
-            "clients": self.inventory.report(model),
+            "clients": self.inventory.report(model, peer_clients),
         }
 
 

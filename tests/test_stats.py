@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from proxy import jsoncodec
 from proxy.models import Backend, ExchangeRecord
 from proxy.stats import (
     HISTOGRAM_EDGES_MS,
@@ -242,3 +243,40 @@ def test_clock_stepping_back_keeps_counting() -> None:
     stats.observe(record(), T0 + 20)
     stats.observe(record(), T0 + 5)
     assert stats.snapshot(T0 + 20)["models"]["iris"]["requests"] == 2
+
+
+def test_workers_merge_to_the_figures_of_one_process() -> None:
+    """Two workers' statistics, one merged through `export`, equal one process's."""
+    rng = random.Random(3)
+    settings = StatsSettings(window_s=60, slot_s=10, client_top_n=3)
+    one, first, second = Stats(settings), Stats(settings), Stats(settings)
+    for i in range(400):
+        backend = Backend.LEGACY if i % 3 else Backend.SERVERLESS
+        r = record(
+            backend=backend, total_s=rng.lognormvariate(-4, 0.6), status=503 if i % 50 == 0 else 200
+        )
+        t = T0 + i * 0.1
+        worker = first if i % 2 else second
+        for stats in (one, worker):
+            stats.observe(r, t)
+            stats.observe_client("iris", f"k{i % 5}", "csv", t)
+            stats.observe_shadow("iris", "match" if i % 7 else "mismatch", t)
+    now = T0 + 40
+    exported = jsoncodec.loads(jsoncodec.dumps(second.export(now)))  # as read from its file
+    merged = first.snapshot(now, [exported])
+    alone = one.snapshot(now)
+    # Weights are each process's own samples of the shared cutover store: not merged.
+    for view in (merged["models"]["iris"], alone["models"]["iris"]):
+        view.pop("weights")
+    assert merged["models"] == alone["models"]
+    assert [p["models"] for p in merged["series"]] == [p["models"] for p in alone["series"]]
+
+
+def test_export_skips_what_left_the_window_and_other_slot_sizes() -> None:
+    stats = Stats(StatsSettings(window_s=20, slot_s=10))
+    other = Stats(StatsSettings(window_s=20, slot_s=10))
+    other.observe(record(), T0)
+    old = other.export(T0)
+    assert stats.snapshot(T0 + 100, [old])["models"]["iris"]["requests"] == 0
+    assert stats.snapshot(T0, [{**old, "slot_s": 5.0}])["models"]["iris"]["requests"] == 0
+    assert stats.snapshot(T0, [old])["models"]["iris"]["requests"] == 1

@@ -14,6 +14,7 @@ import csv
 import io
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,11 @@ def test_admin_endpoints_need_the_token(proxy) -> None:
     assert run_report(args, {}, io.StringIO()) == 1
 
 
+def wine_requests(report: dict[str, Any]) -> int:
+    wine = report["models"].get("wine")
+    return 0 if wine is None else int(wine["requests"])
+
+
 def test_two_workers_scraped_totals_equal_requests_sent(simulators, tmp_path: Path) -> None:
     metrics_dir = tmp_path / "metrics"
     doc = config_doc(
@@ -328,7 +334,8 @@ def test_two_workers_scraped_totals_equal_requests_sent(simulators, tmp_path: Pa
         reporting={"multiprocess_dir": str(metrics_dir)},
     )
     sent = 80
-    with ProxyProcess(doc, tmp_path) as proxy:
+    admin = {"authorization": f"Bearer {TOKEN}"}
+    with ProxyProcess(doc, tmp_path, env={ADMIN_TOKEN_ENV: TOKEN}) as proxy:
         # A new connection each time (Connection: close), so the kernel hands requests to
         # both workers, and so do the scrapes.
         with httpx.Client(base_url=proxy.url, headers={"connection": "close"}) as client:
@@ -340,7 +347,16 @@ def test_two_workers_scraped_totals_equal_requests_sent(simulators, tmp_path: Pa
                 )
                 assert r.status_code == 200
             scraped = [client.get("/metrics").text for _ in range(6)]
+            # Each worker writes its HDR statistics within a second of its last request;
+            # wait (bounded) until a report shows them all, then ask both workers.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if wine_requests(client.get("/admin/report", headers=admin).json()) == sent:
+                    break
+                time.sleep(0.2)
+            reports = [client.get("/admin/report", headers=admin).json() for _ in range(6)]
         writers = {p.name for p in metrics_dir.glob("counter_*.db")}
+        stats_files = {p.name for p in metrics_dir.glob("stats_*.json")}
     for text in scraped:
         families = {f.name: f for f in text_string_to_metric_families(text)}
         total = sum(
@@ -362,3 +378,11 @@ def test_two_workers_scraped_totals_equal_requests_sent(simulators, tmp_path: Pa
         )
         assert legacy == sent
     assert len(writers) == 2, f"both workers served: {writers}"
+    assert len(stats_files) == 2
+    # Each worker removes its statistics file as it stops.
+    assert not list(metrics_dir.glob("stats_*.json"))
+    for report in reports:
+        assert report["workers"] == 2
+        assert wine_requests(report) == sent
+        clients = report["models"]["wine"]["clients"]
+        assert sorted(c["requests"] for c in clients) == [sent // 4] * 4
