@@ -195,7 +195,8 @@ def render_table(report: Mapping[str, Any]) -> str:
     weight, rollout, parity and the legacy client inventory."""
     lines = [
         f"serving-proxy migration report, {iso(report['now'])}, "
-        f"window {report['window_s']:g} s (HDR, {report['significant_figures']} figures)",
+        f"window {report['window_s']:g} s (HDR, {report['significant_figures']} figures)"
+        + (f", {report['workers']} workers" if report.get("workers", 1) > 1 else ""),
     ]
     if not report["models"]:
         lines.append("no models have been called yet")
