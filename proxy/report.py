@@ -179,12 +179,18 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+def _table(
+    header: list[str], rows: list[list[str]], indent: str = "  ", align: str | None = None
+) -> list[str]:
+    """Columns padded to their widest cell; `align` says l or r per column (default: the
+    first to the left, names; the rest to the right, numbers)."""
+    align = align or "l" + "r" * (len(header) - 1)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = []
     for r in [header, *rows]:
-        cells = [str(r[0]).ljust(widths[0])] + [
-            str(c).rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        cells = [
+            str(c).ljust(w) if a == "l" else str(c).rjust(w)
+            for c, w, a in zip(r, widths, align, strict=True)
         ]
         lines.append(indent + "  ".join(cells).rstrip())
     return lines
@@ -244,6 +250,7 @@ def render_table(report: Mapping[str, Any]) -> str:
                 for c in clients
             ],
             indent="    ",
+            align="lrll",
         )
     return "\n".join(lines) + "\n"
 

@@ -40,6 +40,10 @@
     return v === null || v === undefined ? "n/a" : v.toFixed(2) + "×";
   }
 
+  function plural(n, word) {
+    return `${n} ${word}${n === 1 ? "" : "s"}`;
+  }
+
   function clock(t) {
     return new Date(t * 1000).toISOString().substring(11, 19);
   }
@@ -246,7 +250,7 @@
       name, String(v.requests), pct(v.error_rate), ms(l.p50), ms(l.p95), ms(l.p99),
       ms(s.p50), ms(s.p95), ms(s.p99), ratio(v.ratio.p99), ms(v.proxy.p50), ms(v.proxy.p99),
       v.weight === null ? "n/a" : v.weight + "%", v.state || "n/a", parity,
-      `${v.clients.filter((c) => c.client !== "other").length} keys, ` +
+      `${plural(v.clients.filter((c) => c.client !== "other").length, "key")}, ` +
         `${v.clients.reduce((a, c) => a + c.requests, 0)} req`,
     ];
     cells.forEach((text, i) => {
