@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import socket
 import statistics
 import subprocess
@@ -339,6 +340,12 @@ def _parser() -> argparse.ArgumentParser:
         help="requests per case; latencies are medians (default: %(default)s)",
     )
     parser.add_argument("--start-timeout", type=float, default=DEFAULT_START_TIMEOUT_S)
+    parser.add_argument(
+        "--hold",
+        action="store_true",
+        help="afterwards, print the migration report and keep the proxy up for its "
+        "dashboard until Ctrl-C (issue 4)",
+    )
     return parser
 
 
@@ -357,6 +364,12 @@ def run_demo(argv: list[str] | None = None) -> int:
     if not cases:
         print(f"demo: no corpus cases with a legacy side under {corpus}", file=sys.stderr)
         return 2
+    if args.hold:
+        from proxy.config import ADMIN_TOKEN_ENV
+
+        # The proxy child inherits it; its admin API and dashboard need one. Never printed.
+        if not os.environ.get(ADMIN_TOKEN_ENV):
+            parser.error(f"--hold needs {ADMIN_TOKEN_ENV} set: it is the dashboard's password")
     children: list[Child] = []
     with tempfile.TemporaryDirectory(prefix="serving-proxy-demo-") as tmp:
         workdir = Path(tmp)
@@ -413,7 +426,30 @@ def _run(
     if added:
         print(f"; median latency added by the proxy {statistics.median(added):.2f} ms", end="")
     print()
-    return 0 if equal == len(rows) else 1
+    code = 0 if equal == len(rows) else 1
+    if args.hold:
+        _hold(urls["proxy"])
+    return code
+
+
+def _hold(proxy_url: str) -> None:
+    """Show the report of the run and keep everything up for the dashboard (issue 4)."""
+    from proxy.config import ADMIN_TOKEN_ENV
+    from proxy.report import ReportError, fetch, render_table
+
+    token = os.environ[ADMIN_TOKEN_ENV]
+    try:
+        print(render_table(fetch(proxy_url, token)))
+    except ReportError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+    print(f"dashboard: {proxy_url}/admin/dashboard  (any user name; password: the admin token)")
+    print(f"report:    serving-proxy report --url {proxy_url}  (with {ADMIN_TOKEN_ENV} set)")
+    print("Ctrl-C stops the proxy and the simulators.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print()
 
 
 if __name__ == "__main__":
