@@ -134,18 +134,18 @@ def scripted_run(url: str) -> list[httpx.Response]:
     return responses
 
 
-def test_server_timing_matches_the_access_log(proxy) -> None:
+def test_server_timing_matches_the_access_log(proxy, simulators) -> None:
     url, _, caplog = proxy
     responses = scripted_run(url)
-    traced = httpx.post(
-        url + "/model/wine/1/invocations",
-        json=BODY,
-        headers={
-            **SPLIT,
-            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            "tracestate": "vendor=1",
-        },
-    )
+    trace = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "vendor=1,other=x",
+    }
+    traced = httpx.post(url + "/model/wine/1/invocations", json=BODY, headers={**SPLIT, **trace})
+    seen = httpx.get(simulators[1] + "/_sim/stats").json()["last_request"]["headers"]
+    # The trace context reaches the model unchanged, beside the proxy's request id.
+    assert {k: seen[k] for k in trace} == trace
+    assert seen["x-request-id"] == traced.headers["x-request-id"]
     lines = access_lines(caplog)
     for response in [*responses, traced]:
         rid = response.headers["x-request-id"]
