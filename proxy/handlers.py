@@ -91,6 +91,30 @@ async def _send(
         record.upstream_s = time.perf_counter() - t0
 
 
+async def _send_serverless(
+    runtime: Runtime,
+    record: ExchangeRecord,
+    target: Target,
+    path: str,
+    request: Request,
+    incoming: list[tuple[str, str]],
+    content_type: str | None,
+    body: bytes,
+    *,
+    request_id: str,
+    shadow: bool = False,
+) -> UpstreamReply:
+    """POST to a model's serverless side with §7.1's headers (allow-list, auth by rule)."""
+    headers = header_rules.to_serverless(
+        incoming,
+        content_type=content_type,
+        token=target.token,
+        request_id=request_id,
+        client_host=_client_host(request),
+    )
+    return await _send(runtime, record, target, "POST", path, headers, body, shadow=shadow)
+
+
 def _passthrough_reply(reply: UpstreamReply) -> Reply:
     """§1.4, §1.5: the upstream's status, headers and bytes as they came (§7.3)."""
     return Reply(
@@ -153,6 +177,28 @@ class _Invocation:
         )
         return _passthrough_reply(reply)
 
+    async def _post(
+        self,
+        record: ExchangeRecord,
+        target: Target,
+        path: str,
+        content_type: str | None,
+        body: bytes,
+        shadow: bool,
+    ) -> UpstreamReply:
+        return await _send_serverless(
+            self.runtime,
+            record,
+            target,
+            path,
+            self.request,
+            self.incoming,
+            content_type,
+            body,
+            request_id=self.request_id,
+            shadow=shadow,
+        )
+
     async def _serverless(self, record: ExchangeRecord, shadow: bool) -> Reply:
         request, model = self.request, self.model
         target = self.targets.serverless
@@ -160,22 +206,7 @@ class _Invocation:
         content_type = request.headers.get("content-type")
         if model.legacy_protocol is LegacyProtocol.MLFLOW2:
             # §8.1: the model already spoke MLflow 2 on legacy serving; map the URL only.
-            reply = await _send(
-                self.runtime,
-                record,
-                target,
-                "POST",
-                path,
-                header_rules.to_serverless(
-                    self.incoming,
-                    content_type=content_type,
-                    token=target.token,
-                    request_id=self.request_id,
-                    client_host=_client_host(request),
-                ),
-                self.body,
-                shadow=shadow,
-            )
+            reply = await self._post(record, target, path, content_type, self.body, shadow)
             return _passthrough_reply(reply)
 
         t0 = time.perf_counter()
@@ -196,22 +227,7 @@ class _Invocation:
                 v2_content_type=v2.content_type,
                 v2_body=v2.body,
             )
-        reply = await _send(
-            self.runtime,
-            record,
-            target,
-            "POST",
-            path,
-            header_rules.to_serverless(
-                self.incoming,
-                content_type=v2.content_type,
-                token=target.token,
-                request_id=self.request_id,
-                client_host=_client_host(request),
-            ),
-            v2.body,
-            shadow=shadow,
-        )
+        reply = await self._post(record, target, path, v2.content_type, v2.body, shadow)
         t0 = time.perf_counter()
         try:
             out = v2_to_legacy(
@@ -311,20 +327,16 @@ async def new_style_invocations(request: Request) -> Response:
         path += "?" + request.url.query
     with runtime.admit():
         body = await request.body()
-        reply = await _send(
+        reply = await _send_serverless(
             runtime,
             record,
             target,
-            "POST",
             path,
-            header_rules.to_serverless(
-                header_rules.decode(request.scope["headers"]),
-                content_type=request.headers.get("content-type"),
-                token=target.token,
-                request_id=record.request_id,
-                client_host=_client_host(request),
-            ),
+            request,
+            header_rules.decode(request.scope["headers"]),
+            request.headers.get("content-type"),
             body,
+            request_id=record.request_id,
         )
     return ReplyResponse(_passthrough_reply(reply))
 
