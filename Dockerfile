@@ -1,6 +1,7 @@
 # serving-proxy image: build wheels in one stage, install them offline in a slim runtime.
 #
 #   docker build -t serving-proxy .
+#   podman build --format docker -t serving-proxy .   # OCI format has no HEALTHCHECK: podman drops it
 #   docker run -p 8080:8080 -v "$PWD/proxy.yaml:/etc/serving-proxy/proxy.yaml:ro" serving-proxy
 #
 # The config must listen on 0.0.0.0 (listen.host) to be reachable from outside the container;
