@@ -31,10 +31,15 @@ ENV PYTHONUNBUFFERED=1 \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels /wheels/serving_proxy-*.whl \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin serving-proxy \
-    && mkdir -p /etc/serving-proxy
+    && mkdir -p /etc/serving-proxy /var/lib/serving-proxy \
+    && chown 10001:10001 /var/lib/serving-proxy
 
 # A fixed numeric uid lets Kubernetes' runAsNonRoot verify the user without a passwd lookup.
 USER 10001:10001
+
+# Cutover state (`state: /var/lib/serving-proxy/state.sqlite3`) and recordings: the config
+# directory is usually mounted read-only, so the state needs a writable place of its own.
+VOLUME ["/var/lib/serving-proxy"]
 
 EXPOSE 8080
 
