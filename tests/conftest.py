@@ -1,10 +1,15 @@
-"""Shared fixtures: the anyio backend and the corpus location."""
+"""Shared fixtures: the anyio backend, the corpus location, loopback simulators."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+
+from proxy.simulator import create_simulator_app
+from tests.servers import LiveServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The recorded corpus lives beside the project root (../shared/corpus); never edited.
@@ -15,3 +20,25 @@ CORPUS = SHARED / "corpus"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def serverless() -> Iterator[LiveServer]:
+    """A new-protocol simulator (toy model) on a loopback port, one per test module."""
+    with LiveServer(create_simulator_app("serverless")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def legacy() -> Iterator[LiveServer]:
+    """A 1.x-protocol simulator (toy model) on a loopback port, one per test module."""
+    with LiveServer(create_simulator_app("legacy")) as server:
+        yield server
+
+
+@pytest.fixture
+def reset_simulators(serverless: LiveServer, legacy: LiveServer) -> None:
+    """Clear both simulators' counters and fault knobs before a test."""
+    for server in (serverless, legacy):
+        httpx.post(server.url + "/_sim/reset").raise_for_status()
+        httpx.put(server.url + "/_sim/faults", json={}).raise_for_status()

@@ -7,7 +7,7 @@ reads and changes, then that a change really moves traffic.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +17,6 @@ from asgi_lifespan import LifespanManager
 
 from proxy.app import create_app
 from proxy.config import ProxyConfig, parse_config
-from proxy.simulator import create_simulator_app
 from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -27,18 +26,6 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 SPLIT = b'{"columns": ["a", "b"], "data": [[1, 2.5], [3, 4]]}'
 SPLIT_CT = "application/json; format=pandas-split"
 ROLLOUT = {"steps": [5, 25, 100], "interval": "1h", "gates": {"error_rate": {"min_samples": 50}}}
-
-
-@pytest.fixture(scope="module")
-def serverless() -> Iterator[LiveServer]:
-    with LiveServer(create_simulator_app("serverless")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def legacy() -> Iterator[LiveServer]:
-    with LiveServer(create_simulator_app("legacy")) as server:
-        yield server
 
 
 def make_config(

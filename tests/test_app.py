@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,32 +19,17 @@ from asgi_lifespan import LifespanManager
 from proxy import errors
 from proxy.app import create_app
 from proxy.config import parse_config
-from proxy.simulator import create_simulator_app, serve_broken
+from proxy.simulator import serve_broken
 from tests.servers import LiveServer
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.integration,
+    pytest.mark.usefixtures("reset_simulators"),
+]
 
 SPLIT = b'{"columns": ["a", "b"], "data": [[1, 2.5], [3, 4]]}'
 SPLIT_CT = "application/json; format=pandas-split"
-
-
-@pytest.fixture(scope="module")
-def serverless() -> Iterator[LiveServer]:
-    with LiveServer(create_simulator_app("serverless")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def legacy() -> Iterator[LiveServer]:
-    with LiveServer(create_simulator_app("legacy")) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _reset(serverless: LiveServer, legacy: LiveServer) -> None:
-    for server in (serverless, legacy):
-        httpx.post(server.url + "/_sim/reset")
-        httpx.put(server.url + "/_sim/faults", json={})
 
 
 def stats(server: LiveServer) -> dict[str, Any]:

@@ -8,7 +8,7 @@ deadline: the assertions are about order and counts, never durations.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,28 +25,19 @@ from proxy.app import create_app
 from proxy.config import ProxyConfig, ShadowConfig, parse_config
 from proxy.models import Backend, Reply
 from proxy.shadow import Shadow, ShadowJob, TaskSet, decoded_body
-from proxy.simulator import create_simulator_app
 from tests.servers import LiveServer
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.integration,
+    pytest.mark.usefixtures("reset_simulators"),
+]
 
 TOKEN = "shadow-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 SPLIT = b'{"columns": ["a", "b"], "data": [[1, 2.5], [3, 4]]}'
 HEADERS = {"content-type": "application/json; format=pandas-split"}
 DEADLINE_S = 15.0
-
-
-@pytest.fixture(scope="module")
-def serverless() -> Iterator[LiveServer]:
-    with LiveServer(create_simulator_app("serverless")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def legacy() -> Iterator[LiveServer]:
-    with LiveServer(create_simulator_app("legacy")) as server:
-        yield server
 
 
 def answering(body: bytes) -> Starlette:
@@ -57,14 +48,6 @@ def answering(body: bytes) -> Starlette:
         return Response(body, media_type="application/json")
 
     return Starlette(routes=[Route("/{path:path}", invocations, methods=["POST"])])
-
-
-@pytest.fixture(autouse=True)
-async def _reset(serverless: LiveServer, legacy: LiveServer) -> None:
-    async with httpx.AsyncClient() as c:
-        for server in (serverless, legacy):
-            await c.post(server.url + "/_sim/reset")
-            await c.put(server.url + "/_sim/faults", json={})
 
 
 async def faults(server: LiveServer, **knobs: Any) -> None:

@@ -20,12 +20,11 @@ import httpx
 import pytest
 
 from proxy.routing import bucket_of, threshold
-from proxy.simulator import create_simulator_app
 from tests.integration.proxy_process import PROJECT_ROOT, ProxyProcess
 from tests.redis_server import MISSING, RedisServer, available
 from tests.servers import LiveServer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reset_simulators")]
 
 TOKEN = "e2e-admin-token"
 ENV = {"SERVING_PROXY_ADMIN_TOKEN": TOKEN}
@@ -33,25 +32,6 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 SPLIT = b'{"columns": ["a", "b"], "data": [[1, 2.5], [3, 4]]}'
 HEADERS = {"content-type": "application/json; format=pandas-split"}
 DEADLINE_S = 20.0
-
-
-@pytest.fixture(scope="module")
-def serverless() -> Iterator[LiveServer]:
-    with LiveServer(create_simulator_app("serverless")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def legacy() -> Iterator[LiveServer]:
-    with LiveServer(create_simulator_app("legacy")) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _reset(serverless: LiveServer, legacy: LiveServer) -> None:
-    for server in (serverless, legacy):
-        httpx.post(server.url + "/_sim/reset")
-        httpx.put(server.url + "/_sim/faults", json={})
 
 
 @pytest.fixture(scope="module")
