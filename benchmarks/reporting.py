@@ -33,6 +33,8 @@ import json
 import logging
 import os
 import random
+import re
+import shutil
 import signal
 import socket
 import statistics
@@ -71,12 +73,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def child(args: list[str], port: int, log: Path | None = None) -> Iterator[tuple[str, int]]:
+def child(
+    args: list[str],
+    port: int,
+    log: Path | None = None,
+    start_timeout: float = 30.0,
+    stop_timeout: float = 10.0,
+) -> Iterator[tuple[str, int]]:
     """Run a server process, wait until its port accepts, stop it by PID; yield URL and PID."""
     out = log.open("wb") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"{args} exited with {process.returncode}")
@@ -91,7 +99,7 @@ def child(args: list[str], port: int, log: Path | None = None) -> Iterator[tuple
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(10)
+            process.wait(stop_timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
@@ -120,16 +128,21 @@ def proxy_config(upstream: str, port: int, reporting: bool) -> dict[str, Any]:
     }
 
 
-async def load(url: str, seconds: float, concurrency: int) -> tuple[int, int]:
-    """Requests answered 200 (and failures) by `concurrency` clients in `seconds`."""
+async def load(
+    url: str, seconds: float, concurrency: int, count: int | None = None
+) -> tuple[int, int]:
+    """Requests answered 200 (and failures) by `concurrency` clients in `seconds`, or
+    until `count` requests were sent."""
     ok = failed = 0
     deadline = time.monotonic() + seconds
     target = url + "/model/iris/1/invocations"
+    budget = [count if count is not None else -1]
 
     async def worker(session: aiohttp.ClientSession, n: int) -> None:
         nonlocal ok, failed
         i = n
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and budget[0] != 0:
+            budget[0] -= 1
             headers = {"content-type": CONTENT_TYPE, "x-client-app": f"app-{i % CLIENT_KEYS}"}
             async with session.post(target, data=BODY, headers=headers) as response:
                 await response.read()
@@ -242,12 +255,74 @@ def _components(rounds: int, count: int, sink: Any) -> None:
         print(f"  {name:<14} {cost:6.0f} us   +{cost - base:4.0f} us")
 
 
+COLLECTED_RE = re.compile(r"Collected : (\d+)")
+
+
+def instructions(python: str, upstream: str, work: Path, sizes: tuple[int, int]) -> None:
+    """Instructions the proxy executes per request, on vs off, counted by valgrind.
+
+    Each proxy runs under callgrind (real sockets, uvicorn, aiohttp) and serves `sizes[0]`
+    then, in another run, `sizes[1]` requests; the difference divided by the difference in
+    requests cancels start-up and shutdown. Instruction counts do not depend on what else
+    the machine runs: the same binary and inputs give the same count.
+    """
+    runs: dict[tuple[str, int], Any] = {}
+    with ExitStack() as stack:
+        for name, on in (("off", False), ("on", True)):
+            for size in sizes:
+                port = free_port()
+                config = work / f"cg-{name}-{size}.yaml"
+                config.write_text(yaml.safe_dump(proxy_config(upstream, port, on)))
+                log = work / f"cg-{name}-{size}.log"
+                command = [
+                    "valgrind",
+                    "--tool=callgrind",
+                    f"--callgrind-out-file={work / f'cg-{name}-{size}.out'}",
+                    python,
+                    "-m",
+                    "proxy",
+                    "serve",
+                    "--config",
+                    str(config),
+                ]
+                # Slow under valgrind: let it start and write its totals at exit.
+                url, pid = stack.enter_context(
+                    child(command, port, log, start_timeout=600, stop_timeout=600)
+                )
+                runs[(name, size)] = (url, pid, log)
+        for (_, size), (url, _, _) in runs.items():
+            ok, failed = asyncio.run(load(url, 3600, 4, count=size))
+            if failed or ok != size:
+                raise RuntimeError(f"{url}: {ok} answered, {failed} failed of {size}")
+    # Leaving the stack stopped every proxy (SIGTERM): callgrind has written its totals.
+    counts = {}
+    for key, (_, _, log) in runs.items():
+        found = COLLECTED_RE.findall(log.read_text(errors="replace"))
+        if not found:
+            raise RuntimeError(f"no callgrind total in {log}")
+        counts[key] = int(found[-1])
+    low, high = sizes
+    per = {n: (counts[(n, high)] - counts[(n, low)]) / (high - low) for n in ("off", "on")}
+    ratio = per["off"] / per["on"]
+    print(f"instructions per request in the proxy (valgrind callgrind, {low} vs {high} requests):")
+    print(f"  off {per['off']:,.0f}   on {per['on']:,.0f}   (+{per['on'] - per['off']:,.0f})")
+    print(
+        f"  a CPU-bound proxy's throughput on/off {ratio:.3f} "
+        f"(cost {(1 - ratio) * 100:.1f} %, deterministic)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--no-components", action="store_true", help="skip the breakdown")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count the proxy's instructions per request under valgrind (minutes)",
+    )
     args = parser.parse_args()
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="sp-bench-") as tmp, ExitStack() as stack:
@@ -319,6 +394,11 @@ def main() -> int:
             f"  reporting costs {cost * 100:.1f} % of throughput ({verdict} the "
             f"{TARGET_COST * 100:.0f} % target); the 'on' proxy wrote {lines} access-log lines"
         )
+        if args.instructions:
+            if shutil.which("valgrind") is None:
+                print("--instructions needs valgrind (apt-get install valgrind)", file=sys.stderr)
+            else:
+                instructions(python, upstream, work, (100, 600))
     if not args.no_components:
         components(rounds=9, count=3000)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from hdrh.histogram import HdrHistogram
 
 from proxy import jsoncodec
 from proxy.models import Backend, ExchangeRecord
@@ -280,3 +281,20 @@ def test_export_skips_what_left_the_window_and_other_slot_sizes() -> None:
     assert stats.snapshot(T0 + 100, [old])["models"]["iris"]["requests"] == 0
     assert stats.snapshot(T0, [{**old, "slot_s": 5.0}])["models"]["iris"]["requests"] == 0
     assert stats.snapshot(T0, [old])["models"]["iris"]["requests"] == 1
+
+
+@pytest.mark.parametrize("figures", [1, 2, 3, 4])
+def test_pending_values_land_in_the_buckets_hdr_would_choose(figures: int) -> None:
+    """Values wait in a dict keyed by their bucket's lowest value; the histogram read later
+    equals one that recorded every raw value."""
+    rng = random.Random(figures)
+    stats = Stats(StatsSettings(significant_figures=figures))
+    reference = HdrHistogram(1, 3_600_000_000, figures)
+    for _ in range(5000):
+        seconds = rng.lognormvariate(-6, 2.5)
+        stats.observe(record(total_s=seconds, upstream_s=0.0), T0)
+        reference.record_value(min(max(round(seconds * 1e6), 1), 3_600_000_000))
+    [cell] = [c for (m, series), c in stats._slots[-1].cells.items() if series == "serverless"]
+    hist = cell.histogram()
+    assert hist.get_total_count() == reference.get_total_count()
+    assert list(hist.counts) == list(reference.counts)
