@@ -83,9 +83,13 @@ TRANSLATE_BUCKETS_S = (
 )
 
 
+_STATUS_CLASSES = (NONE, "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
 def status_class(status: int) -> str:
     """`2xx` … `5xx`; `none` when no response was started (the client went away)."""
-    return f"{status // 100}xx" if status >= 100 else NONE
+    index = status // 100
+    return _STATUS_CLASSES[index] if 0 <= index < len(_STATUS_CLASSES) else f"{index}xx"
 
 
 @contextlib.contextmanager
