@@ -124,12 +124,14 @@ def serve_proxy(port: int, config_path: str, client: str) -> None:
     config = load_config(config_path, os.environ)
     factory = HttpxUpstream if client == "httpx" else AiohttpUpstream
     app = create_app(config, upstream_factory=factory, on_complete=lambda record: None)
+    from proxy.server import CoalescingHttpToolsProtocol
+
     uvicorn.run(
         app,
         host="127.0.0.1",
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,  # as `serving-proxy serve` runs it
         log_level="warning",
         access_log=False,
         server_header=False,

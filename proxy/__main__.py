@@ -30,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import create_app
+    from proxy.server import CoalescingHttpToolsProtocol
     from proxy.config import ConfigError, load_config
 
     try:
@@ -45,7 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "host": host,
         "port": port,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools, with a reply's head and body sent in one write (proxy/server.py).
+        "http": CoalescingHttpToolsProtocol,
         "proxy_headers": bool(trusted),
         "forwarded_allow_ips": trusted or None,
         "timeout_graceful_shutdown": config.server.graceful_shutdown_s,

@@ -1,0 +1,95 @@
+"""The coalescing transport under the proxy's uvicorn protocol (proxy/server.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from proxy.server import CoalescingHttpToolsProtocol, CoalescingTransport
+from tests.servers import LiveServer
+
+pytestmark = pytest.mark.anyio
+
+
+class RecordingTransport:
+    """Stands in for the socket transport: records each write as one system call."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+
+def wrap() -> tuple[CoalescingTransport, RecordingTransport]:
+    inner = RecordingTransport()
+    return CoalescingTransport(inner, asyncio.get_running_loop()), inner  # type: ignore[arg-type]
+
+
+async def test_writes_in_one_step_leave_as_one_write() -> None:
+    transport, inner = wrap()
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.writelines([b"[1, ", b"2]"])
+    assert inner.writes == []
+    assert transport.get_write_buffer_size() == 25
+    await asyncio.sleep(0)
+    assert inner.writes == [b"HTTP/1.1 200 OK\r\n\r\n[1, 2]"]
+    transport.write(b"next")
+    await asyncio.sleep(0)
+    assert inner.writes[1:] == [b"next"]
+
+
+async def test_close_flushes_first_and_abort_drops() -> None:
+    transport, inner = wrap()
+    transport.write(b"last bytes")
+    transport.close()
+    assert (inner.writes, inner.closed) == ([b"last bytes"], True)
+
+    transport, inner = wrap()
+    transport.write(b"never sent")
+    transport.abort()
+    await asyncio.sleep(0)
+    assert (inner.writes, inner.aborted) == ([], True)
+
+
+async def test_other_attributes_are_the_real_transports() -> None:
+    transport, _ = wrap()
+    assert transport.get_extra_info("peername") == ("127.0.0.1", 1)
+
+
+def test_uvicorn_serves_through_it_with_keep_alive() -> None:
+    async def echo(request: Request) -> Response:
+        return Response(await request.body(), media_type="application/octet-stream")
+
+    app = Starlette(routes=[Route("/e", echo, methods=["POST"])])
+    with (
+        LiveServer(app, http=CoalescingHttpToolsProtocol, loop="uvloop") as server,
+        httpx.Client() as client,
+    ):
+        answers = [client.post(server.url + "/e", content=b"x" * n) for n in (0, 1, 70_000)]
+    assert [len(a.content) for a in answers] == [0, 1, 70_000]
+    assert all(a.status_code == 200 for a in answers)
