@@ -27,7 +27,12 @@ from proxy import accesslog, admin, dashboard, handlers
 from proxy.config import ProxyConfig
 from proxy.errors import InternalError, MethodNotAllowed, NoRoute, ProxyError
 from proxy.metrics import Metrics
-from proxy.middleware import BodyLimitMiddleware, RequestContextMiddleware, client_key_reader
+from proxy.middleware import (
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+    client_key_reader,
+    record_of,
+)
 from proxy.models import ExchangeRecord, Reply
 from proxy.reporting import Reporting
 from proxy.runtime import Runtime, UpstreamFactory
@@ -37,15 +42,10 @@ LOGGER = logging.getLogger("serving_proxy")
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def _record(request: Request) -> ExchangeRecord | None:
-    record = request.scope.get("state", {}).get("record")
-    return record if isinstance(record, ExchangeRecord) else None
-
-
 async def _render_proxy_error(request: Request, exc: Exception) -> Response:
     """The one place a local reply is rendered (architecture §1.4)."""
     assert isinstance(exc, ProxyError)
-    record = _record(request)
+    record = record_of(request.scope)
     if record is not None:
         record.flag, record.detail = exc.flag, exc.message
     return handlers.local_reply(exc)
@@ -64,7 +64,7 @@ async def _render_http_exception(request: Request, exc: Exception) -> Response:
 
 async def _render_bug(request: Request, exc: Exception) -> Response:
     """An unhandled exception: 500 without a traceback for the client (§6.5 bug)."""
-    record = _record(request)
+    record = record_of(request.scope)
     if record is not None:
         record.flag, record.detail = "BUG", type(exc).__name__
     return handlers.local_reply(InternalError())
