@@ -152,7 +152,12 @@ def create_app(
 
     def complete(record: ExchangeRecord) -> None:
         sink(record)
-        reporting.observe(record)
+        try:
+            reporting.observe(record)
+        except Exception:
+            # A bug in the figures must not turn a request already answered into a server
+            # error; it is logged with its traceback instead (the access line is out).
+            LOGGER.exception("reporting failed for request %s", record.request_id)
 
     app = Starlette(
         routes=[*routes(), *dashboard.routes(), *admin.routes()],

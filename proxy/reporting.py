@@ -80,6 +80,7 @@ class Reporting:
     # The directory the workers share (None: one process, nothing to share).
     shared_dir: Path | None = None
     _pending: bool = field(default=False, init=False, repr=False)
+    _closed: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     def build(
@@ -171,8 +172,8 @@ class Reporting:
         """Write this worker's statistics for the other workers (atomically: a reader sees
         the old file or the new one, never half of one)."""
         self._pending = False
-        if self.stats is None or self.shared_dir is None:
-            return
+        if self.stats is None or self.shared_dir is None or self._closed:
+            return  # closed: a timer firing after shutdown must not bring the file back
         target = self.stats_file
         partial = target.with_suffix(".tmp")
         try:
@@ -200,6 +201,7 @@ class Reporting:
 
     def close(self) -> None:
         """Remove this worker's statistics file as it exits (its figures leave with it)."""
+        self._closed = True
         if self.shared_dir is not None:
             with contextlib.suppress(OSError):
                 self.stats_file.unlink()
