@@ -110,10 +110,13 @@ def is_legacy_client(record: ExchangeRecord) -> bool:
     )
 
 
+_NO_PERCENTILES: dict[str, float | None] = {f"p{p:g}": None for p in PERCENTILES}
+
+
 def percentile_dict(hist: HdrHistogram) -> dict[str, float | None]:
     """p50/p95/p99 in milliseconds (None for an empty histogram)."""
     if hist.get_total_count() == 0:
-        return {f"p{p:g}": None for p in PERCENTILES}
+        return dict(_NO_PERCENTILES)
     values = hist.get_percentile_to_value_dict(list(PERCENTILES))
     return {f"p{p:g}": values[p] / 1e3 for p in PERCENTILES}
 
@@ -622,17 +625,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _backend_view(cell: _Cell | None) -> dict[str, Any]:
     if cell is None:
-        return {"requests": 0, "errors": 0, "error_rate": None, **percentile_dict_empty()}
+        return {"requests": 0, "errors": 0, "error_rate": None, **_NO_PERCENTILES}
     return {
         "requests": cell.requests,
         "errors": cell.errors,
         "error_rate": cell.errors / cell.requests if cell.requests else None,
         **percentile_dict(cell.histogram()),
     }
-
-
-def percentile_dict_empty() -> dict[str, float | None]:
-    return {f"p{p:g}": None for p in PERCENTILES}
 
 
 def _distribution(hist: HdrHistogram) -> dict[str, Any]:
@@ -644,15 +643,3 @@ def _distribution(hist: HdrHistogram) -> dict[str, Any]:
             item.count_at_value_iterated_to
         )
     return {"edges_ms": list(HISTOGRAM_EDGES_MS), "counts": counts}
-
-
-def rollout_from_config(routes: Mapping[str, str]) -> RolloutSource:
-    """A rollout source for a fixed routing: `route: serverless` is 100%, `legacy` 0%."""
-
-    def source(model: str) -> Rollout:
-        route = routes.get(model)
-        if route is None:
-            return Rollout()
-        return Rollout(100.0 if route == "serverless" else 0.0, "static")
-
-    return source

@@ -17,7 +17,6 @@ from proxy.stats import (
     Stats,
     StatsSettings,
     is_legacy_client,
-    rollout_from_config,
 )
 
 T0 = 1_800_000_000.0  # an epoch second on a slot boundary for slot sizes 1, 5, 10
@@ -144,13 +143,6 @@ def test_rollout_points_mark_rollbacks() -> None:
         (0.0, "rollback"),
     ]
     assert (view["weight"], view["state"]) == (0.0, "rolled_back")
-
-
-def test_rollout_from_config() -> None:
-    source = rollout_from_config({"iris": "serverless", "wine": "legacy"})
-    assert source("iris") == Rollout(100.0, "static")
-    assert source("wine") == Rollout(0.0, "static")
-    assert source("nope") == Rollout()
 
 
 def test_parity_window_and_totals() -> None:
