@@ -116,7 +116,9 @@ def chromium() -> Iterator[str]:
             "no Chromium found: install Debian's `chromium` package (apt-get install chromium); "
             "scripts/test does so as root"
         )
-    with tempfile.TemporaryDirectory(prefix="sp-chromium-") as profile:
+    # Chromium's helper processes may still write to the profile as it exits: a leftover
+    # file there is no failure of the dashboard.
+    with tempfile.TemporaryDirectory(prefix="sp-chromium-", ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
