@@ -30,8 +30,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import create_app
-    from proxy.server import CoalescingHttpToolsProtocol
     from proxy.config import ConfigError, load_config
+    from proxy.server import CoalescingHttpToolsProtocol
 
     try:
         config = load_config(args.config, os.environ)
