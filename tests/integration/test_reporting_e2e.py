@@ -347,11 +347,15 @@ def test_two_workers_scraped_totals_equal_requests_sent(simulators, tmp_path: Pa
                 )
                 assert r.status_code == 200
             scraped = [client.get("/metrics").text for _ in range(6)]
-            # Each worker writes its HDR statistics within a second of its last request;
-            # wait (bounded) until a report shows them all, then ask both workers.
+            # Each worker writes its HDR statistics within a second of any request it served
+            # (the kernel may have given one worker every invocation and the other only
+            # scrapes); wait (bounded) until both files are there and a report adds up,
+            # then ask both workers.
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                if wine_requests(client.get("/admin/report", headers=admin).json()) == sent:
+                report = client.get("/admin/report", headers=admin).json()
+                published = len(list(metrics_dir.glob("stats_*.json")))
+                if published == 2 and wine_requests(report) == sent:
                     break
                 time.sleep(0.2)
             reports = [client.get("/admin/report", headers=admin).json() for _ in range(6)]
