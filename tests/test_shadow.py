@@ -117,7 +117,7 @@ async def test_the_primary_answer_does_not_wait_for_a_slow_shadow(
 
 
 async def test_saturation_drops_and_counts(serverless: LiveServer, legacy: LiveServer) -> None:
-    await faults(serverless, delay_ms=2000)
+    await faults(serverless, delay_ms=4000)
     config = make_config(serverless.url, legacy, shadow={"max_concurrency": 2})
     async with proxy(config) as client:
         for _ in range(5):
