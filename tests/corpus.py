@@ -106,8 +106,15 @@ def _side(raw: Mapping[str, Any] | None) -> Side | None:
 @functools.cache
 def load_cases() -> tuple[Case, ...]:
     """Every case in `cases/`, sorted by id. Cached: the files are read once per session."""
+    paths = sorted(CASES_DIR.glob("*.json"))
+    if not paths:
+        # A missing corpus must fail loudly: an empty parametrization would pass silently.
+        raise FileNotFoundError(
+            f"no corpus cases in {CASES_DIR}: the recorded corpus must sit beside the "
+            "project root, as ../shared/corpus"
+        )
     cases = []
-    for path in sorted(CASES_DIR.glob("*.json")):
+    for path in paths:
         raw = json.loads(path.read_text(encoding="utf-8"))
         cases.append(
             Case(
