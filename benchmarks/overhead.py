@@ -20,8 +20,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,45 +35,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness import Child, child, free_port  # noqa: E402
+
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 ROWS = [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]]
 LEGACY_BODY = json.dumps({"columns": COLUMNS, "data": ROWS}).encode()
 LEGACY_CT = "application/json; format=pandas-split"
 NEW_BODY = json.dumps({"dataframe_split": {"columns": COLUMNS, "data": ROWS}}).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def child(args: list[str], port: int, ready_path: str = "/_ready") -> Iterator[str]:
-    """Run a server process, wait until it answers, stop it by PID."""
-    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{args} exited with {process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{args} did not start") from None
-                time.sleep(0.05)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 # --- (b): the bare pass-through, written here so nothing of the proxy is in it --------------
@@ -296,7 +262,8 @@ def main() -> int:
         with child(
             [py, "-m", "proxy", "simulate", "--kind", "serverless", "--port", str(up_port)],
             up_port,
-        ) as upstream:
+        ) as upstream_server:
+            upstream = upstream_server.url
             config_path.write_text(
                 yaml.safe_dump(
                     {
@@ -336,7 +303,8 @@ def main() -> int:
             results: dict[tuple[str, int], dict[str, float]] = {}
             for label, cmd, port, path, body, ct in targets:
                 ctx = child(cmd, port) if cmd else _nothing(upstream)
-                with ctx as url:
+                with ctx as server:
+                    url = server.url
                     for c in args.concurrency:
                         results[(label, c)] = (
                             load_wrk(url + path, body, ct, c, args.seconds, tmp)
@@ -353,8 +321,8 @@ def main() -> int:
 
 
 @contextmanager
-def _nothing(url: str) -> Iterator[str]:
-    yield url
+def _nothing(url: str) -> Iterator[Child]:
+    yield Child(url, 0)
 
 
 def print_table(

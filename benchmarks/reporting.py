@@ -35,15 +35,11 @@ import os
 import random
 import re
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +49,7 @@ from asgi_lifespan import LifespanManager
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import child, free_port
 from proxy.models import UpstreamReply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,51 +60,6 @@ CONTENT_TYPE = "application/json; format=pandas-split"
 CLIENT_KEYS = 50
 TARGET_COST = 0.15
 STUB_REPLY = b'{"predictions": [0, 1, 2]}'
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def child(
-    args: list[str],
-    port: int,
-    log: Path | None = None,
-    start_timeout: float = 30.0,
-    stop_timeout: float = 10.0,
-    env: dict[str, str] | None = None,
-) -> Iterator[tuple[str, int]]:
-    """Run a server process, wait until its port accepts, stop it by PID; yield URL and PID."""
-    out = log.open("wb") if log is not None else subprocess.DEVNULL
-    process = subprocess.Popen(
-        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out, env=env or None
-    )
-    try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{args} exited with {process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{args} did not start") from None
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(stop_timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        if log is not None and not isinstance(out, int):
-            out.close()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -298,7 +250,7 @@ def instructions(python: str, upstream: str, work: Path, sizes: tuple[int, int])
                 # A fixed hash seed: dict layouts, and so instruction counts, repeat.
                 env = {**os.environ, "PYTHONHASHSEED": "0"}
                 url, pid = stack.enter_context(
-                    child(command, port, log, start_timeout=600, stop_timeout=600, env=env)
+                    child(command, port, log=log, start_timeout=600, stop_timeout=600, env=env)
                 )
                 runs[(name, size)] = (url, pid, log)
         for (_, size), (url, _, _) in runs.items():
@@ -360,7 +312,9 @@ def main() -> int:
             config = work / f"{name}.yaml"
             config.write_text(yaml.safe_dump(proxy_config(upstream, port, on)))
             command = [python, "-m", "proxy", "serve", "--config", str(config)]
-            urls[name], pids[name] = stack.enter_context(child(command, port, work / f"{name}.log"))
+            urls[name], pids[name] = stack.enter_context(
+                child(command, port, log=work / f"{name}.log")
+            )
         for url in urls.values():
             asyncio.run(load(url, 1.0, args.concurrency))  # warm-up: pools, imports, caches
         totals = {"off": 0, "on": 0}

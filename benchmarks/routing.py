@@ -20,9 +20,6 @@ import argparse
 import asyncio
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,50 +35,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness import child, free_port  # noqa: E402
+
 BODY = b'{"columns": ["a", "b", "c", "d"], "data": [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4]]}'
 CONTENT_TYPE = "application/json; format=pandas-split"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def child(args: list[str], port: int, ready: str | None) -> Iterator[str]:
-    """Run a server process, wait until `ready` answers 200 (None: until it accepts a
-    connection), stop it by PID."""
-    process = subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{args} exited with {process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                    if ready is None:
-                        break
-                    sock.sendall(f"GET {ready} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-                    if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{args} did not start")
-            time.sleep(0.05)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 @contextmanager
@@ -91,8 +48,8 @@ def simulator(kind: str, delay_ms: float = 0.0) -> Iterator[str]:
     if delay_ms:
         args += ["--delay-ms", str(delay_ms)]
     # A delayed simulator delays /ping too: only wait for it to accept connections.
-    with child(args, port, None if delay_ms else "/ping") as url:
-        yield url
+    with child([sys.executable, *args], port, ready=None if delay_ms else "/ping") as server:
+        yield server.url
 
 
 @contextmanager
@@ -107,7 +64,9 @@ def proxy(workdir: Path, legacy: str, serverless: str, shadow_percent: float) ->
     }
     path = workdir / f"proxy-{port}.yaml"
     path.write_text(yaml.safe_dump(doc))
-    with child(["-m", "proxy", "serve", "--config", str(path)], port, "/readyz") as url:
+    serve = [sys.executable, "-m", "proxy", "serve", "--config", str(path)]
+    with child(serve, port, ready="/readyz") as server:
+        url = server.url
         yield url
 
 

@@ -1,0 +1,80 @@
+"""What every benchmark needs to run servers: a free loopback port and a child process.
+
+Each server is a child process on 127.0.0.1, ready when its port accepts (and, given a
+`ready` path, answers it with 200), always stopped by its PID: SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Child(NamedTuple):
+    url: str
+    pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers(port: int, ready: str | None) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            if ready is None:
+                return True
+            sock.sendall(f"GET {ready} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+@contextmanager
+def child(
+    args: list[str],
+    port: int,
+    *,
+    ready: str | None = None,
+    log: Path | None = None,
+    start_timeout: float = 30.0,
+    stop_timeout: float = 10.0,
+    env: dict[str, str] | None = None,
+) -> Iterator[Child]:
+    """Run `args` (a whole argv), wait until it serves on `port`, stop it by PID."""
+    out = log.open("wb") if log is not None else None
+    process = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=out if out is not None else subprocess.DEVNULL,
+        env=env or None,
+    )
+    try:
+        deadline = time.monotonic() + start_timeout
+        while not _answers(port, ready):
+            if process.poll() is not None:
+                raise RuntimeError(f"{args} exited with {process.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{args} did not start")
+            time.sleep(0.05)
+        yield Child(f"http://127.0.0.1:{port}", process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(stop_timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        if out is not None:
+            out.close()
