@@ -68,7 +68,22 @@ def _note_model(record: ExchangeRecord, ref: ModelRef) -> None:
 
 
 def _client_host(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    client = request.scope.get("client")
+    return client[0] if client else None
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    """The first value of a header among already-decoded, lower-cased pairs."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _query(request: Request) -> str:
+    """The raw query string, as the client sent it (scope, not the parsed URL: cheaper)."""
+    raw: bytes = request.scope.get("query_string", b"")
+    return raw.decode("latin-1")
 
 
 async def _send(
@@ -160,11 +175,12 @@ class _Invocation:
     async def _legacy(self, target: Target, record: ExchangeRecord, shadow: bool) -> Reply:
         """§1.4: the client's bytes, unchanged, to the legacy server."""
         request = self.request
-        path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+        raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+        path = raw_path.decode("latin-1")
         if target.path_template is not None:
             path = paths.render_path(target.path_template, self.ref)
-        if request.url.query:
-            path += "?" + request.url.query
+        if query := _query(request):
+            path += "?" + query
         reply = await _send(
             self.runtime,
             record,
@@ -203,7 +219,7 @@ class _Invocation:
         request, model = self.request, self.model
         target = self.targets.serverless
         path = paths.render_path(target.path_template or "", self.ref)
-        content_type = request.headers.get("content-type")
+        content_type = _header(self.incoming, "content-type")
         if model.legacy_protocol is LegacyProtocol.MLFLOW2:
             # §8.1: the model already spoke MLflow 2 on legacy serving; map the URL only.
             reply = await self._post(record, target, path, content_type, self.body, shadow)
@@ -221,7 +237,7 @@ class _Invocation:
                 self.runtime.config.recording,
                 model=self.ref.name,
                 version=self.ref.version,
-                path=request.url.path,
+                path=request.scope["path"],
                 content_type=content_type,
                 body=self.body,
                 v2_content_type=v2.content_type,
@@ -323,18 +339,19 @@ async def new_style_invocations(request: Request) -> Response:
     record.legacy_format = "new"
     target = runtime.targets[ref.name].serverless
     path = paths.render_path(target.path_template or "", ref)
-    if request.url.query:
-        path += "?" + request.url.query
+    if query := _query(request):
+        path += "?" + query
     with runtime.admit():
         body = await request.body()
+        incoming = header_rules.decode(request.scope["headers"])
         reply = await _send_serverless(
             runtime,
             record,
             target,
             path,
             request,
-            header_rules.decode(request.scope["headers"]),
-            request.headers.get("content-type"),
+            incoming,
+            _header(incoming, "content-type"),
             body,
             request_id=record.request_id,
         )
@@ -357,7 +374,7 @@ async def auxiliary(request: Request) -> Response:
         ref = paths.resolve_legacy(runtime.config.models, params["name"], params["version"])
         _note_model(record_of(request), ref)
     if request.method in ("GET", "HEAD"):
-        word = request.url.path.rsplit("/", 1)[1]
+        word = request.scope["path"].rsplit("/", 1)[1]
         body = AUX_BODIES[word] if request.method == "GET" else b""
         return ReplyResponse(Reply(200, body, JSON))
     gate = _method_gate(request, AUX_ALLOW, "GET")

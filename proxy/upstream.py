@@ -19,6 +19,7 @@ from typing import Protocol
 
 import aiohttp
 import httpx
+from yarl import URL
 
 from proxy.errors import (
     ProxyError,
@@ -29,6 +30,7 @@ from proxy.errors import (
 from proxy.models import UpstreamReply
 
 Headers = Sequence[tuple[str, str]]
+URL_CACHE_SIZE = 512
 ErrorTable = tuple[tuple[type[BaseException], Callable[[], ProxyError]], ...]
 
 
@@ -88,6 +90,7 @@ class AiohttpUpstream:
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         # Created lazily, inside the running loop: aiohttp binds a session to its loop.
@@ -105,9 +108,21 @@ class AiohttpUpstream:
         )
         return self._session
 
+    def _url(self, path: str) -> URL:
+        # Paths are already percent-encoded (the client's raw path, or a rendered template):
+        # `encoded=True` keeps them byte for byte. Parsing once per distinct path is cheaper
+        # than yarl's parse on every request; the bound keeps client-chosen query strings
+        # from growing the cache without limit.
+        url = self._urls.get(path)
+        if url is None:
+            if len(self._urls) >= URL_CACHE_SIZE:
+                self._urls.clear()
+            url = self._urls[path] = URL(self.settings.origin + path, encoded=True)
+        return url
+
     async def send(self, method: str, path: str, headers: Headers, body: bytes) -> UpstreamReply:
         session = self._session or self._open()
-        url = self.settings.origin + path
+        url = self._url(path)
         t0 = time.perf_counter()
         try:
             async with session.request(

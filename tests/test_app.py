@@ -298,14 +298,15 @@ async def test_legacy_route_passes_bytes_unchanged(
     config = make_config(serverless, legacy, models={"old": {"route": "legacy"}})
     async with proxy(config) as client:
         r = await client.post(
-            "/model/old/2/invocations?x=1",
+            "/model/old/2/invocations?x=1&y=%2F%20",
             content=SPLIT,
             headers={"content-type": SPLIT_CT, "authorization": "Bearer client", "x-app": "a"},
         )
     assert r.status_code == 200
     assert r.content == b"[3.5, 7.0]"
     sent = stats(legacy)["last_request"]
-    assert (sent["path"], sent["query"]) == ("/model/old/2/invocations", "x=1")
+    # §1.4: the query string byte for byte, percent-escapes included.
+    assert (sent["path"], sent["query"]) == ("/model/old/2/invocations", "x=1&y=%2F%20")
     assert sent["body"].encode() == SPLIT
     assert sent["headers"]["content-type"] == SPLIT_CT
     assert sent["headers"]["authorization"] == "Bearer client"
