@@ -1,7 +1,7 @@
 """Pure ASGI middleware that wraps every request (architecture §1.3 steps 3–4, 9).
 
-Never `BaseHTTPMiddleware`: it buffers and re-wraps every response, and it runs the
-endpoint in another task, both costly on the hot path.
+Never Starlette's base-HTTP middleware class: it buffers and re-wraps every response,
+and runs the endpoint in another task, both costly on the hot path.
 """
 
 from __future__ import annotations
