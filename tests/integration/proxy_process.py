@@ -30,12 +30,18 @@ def free_port() -> int:
         return port
 
 
-class ProxyProcess:
-    """`with ProxyProcess(config_dict, tmp_path) as proxy: httpx.get(proxy.url + "/healthz")`."""
+class ChildServer:
+    """A server started as a child process on a loopback port, ready when `ready_path`
+    answers 200, stopped by its PID (SIGTERM, then SIGKILL after a deadline).
+
+    Subclasses give the command; the process's output goes to `log_path`.
+    """
+
+    name = "server"
+    ready_path = "/"
 
     def __init__(
         self,
-        config: dict[str, Any],
         workdir: Path,
         *,
         env: dict[str, str] | None = None,
@@ -43,18 +49,18 @@ class ProxyProcess:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        doc = {**config, "listen": {"host": "127.0.0.1", "port": self.port}}
-        self.config_path = workdir / f"proxy-{self.port}.yaml"
-        self.config_path.write_text(yaml.safe_dump(doc))
-        self.log_path = workdir / f"proxy-{self.port}.log"
+        self.log_path = workdir / f"{self.name}-{self.port}.log"
         self.env = {**os.environ, **(env or {})}
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
     def start(self) -> None:
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(self.config_path)],
+            self.command(),
             cwd=PROJECT_ROOT,
             env=self.env,
             stdout=self._log,
@@ -64,15 +70,15 @@ class ProxyProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self._log.close()
-                raise RuntimeError(f"proxy exited during start-up:\n{self.log()}")
+                raise RuntimeError(f"{self.name} exited during start-up:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(self.url + self.ready_path, timeout=1.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
         self.stop()
-        raise TimeoutError(f"proxy not ready after {self.start_timeout} s:\n{self.log()}")
+        raise TimeoutError(f"{self.name} not ready after {self.start_timeout} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -109,3 +115,26 @@ class ProxyProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class ProxyProcess(ChildServer):
+    """`with ProxyProcess(config_dict, tmp_path) as proxy: httpx.get(proxy.url + "/healthz")`."""
+
+    name = "proxy"
+    ready_path = "/readyz"
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        start_timeout: float = DEFAULT_START_TIMEOUT_S,
+    ) -> None:
+        super().__init__(workdir, env=env, start_timeout=start_timeout)
+        doc = {**config, "listen": {"host": "127.0.0.1", "port": self.port}}
+        self.config_path = workdir / f"proxy-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(doc))
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "proxy", "serve", "--config", str(self.config_path)]

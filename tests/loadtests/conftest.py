@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.proxy_process import free_port
+from tests.integration.proxy_process import ChildServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 20.0
@@ -30,41 +29,23 @@ START_TIMEOUT_S = 20.0
 RUN_TIMEOUT_S = 90.0
 
 
-class SimulatorProcess:
+class SimulatorProcess(ChildServer):
     """`python -m proxy simulate --kind KIND --port N` in a child process, for one module."""
 
+    name = "simulator"
+    ready_path = "/_sim/stats"
+
     def __init__(self, kind: str, workdir: Path, *extra: str) -> None:
+        super().__init__(workdir, start_timeout=START_TIMEOUT_S)
         self.kind = kind
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"simulator-{kind}-{self.port}.log"
-        self._command = [
-            sys.executable, "-m", "proxy", "simulate",
-            "--kind", kind, "--host", "127.0.0.1", "--port", str(self.port), *extra,
-        ]  # fmt: skip
-        self.process: subprocess.Popen[bytes] | None = None
+        self.extra = extra
         self.paused = False
 
-    def start(self) -> None:
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            self._command, cwd=PROJECT_ROOT, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"simulator exited during start-up:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/_sim/stats", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"simulator not ready after {START_TIMEOUT_S} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "proxy", "simulate",
+            "--kind", self.kind, "--host", "127.0.0.1", "--port", str(self.port), *self.extra,
+        ]  # fmt: skip
 
     def stats(self) -> dict[str, Any]:
         response = httpx.get(self.url + "/_sim/stats", timeout=5.0)
@@ -92,18 +73,10 @@ class SimulatorProcess:
         self.paused = False
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            if self.paused:
-                self.resume()
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
-        self._log.close()
+        # A frozen process cannot act on SIGTERM: thaw it first.
+        if self.paused and self.process is not None and self.process.poll() is None:
+            self.resume()
+        super().stop(timeout)
 
 
 @pytest.fixture(scope="module")
