@@ -225,11 +225,15 @@ class Shadow:
         self.on_verdict: list[VerdictListener] = []
         self.on_result: list[ResultListener] = []
         self._tasks = TaskSet()
+        # Counted by hand rather than len(self._tasks): a task leaves the set one loop turn
+        # after its coroutine returns, so a reader could see its result recorded while it
+        # still held a slot. The counter drops in the same step that records the result.
+        self._running = 0
         self._books: dict[str, _Book] = {}
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return self._running
 
     def _book(self, model: str) -> _Book:
         book = self._books.get(model)
@@ -244,17 +248,24 @@ class Shadow:
             True if the shadow call was started.
         """
         try:
-            if len(self._tasks) >= self.config.max_concurrency:
+            if self._running >= self.config.max_concurrency:
                 self._book(job.model).counts.dropped += 1
                 self._emit_result(job.model, DROPPED)
                 return False
             self._tasks.spawn(self._run(job), name=f"shadow:{job.model}:{job.request_id}")
+            self._running += 1
             return True
         except Exception:  # the primary answer must go out whatever happens here
             LOGGER.exception("shadow submit failed for %s", job.model)
             return False
 
     async def _run(self, job: ShadowJob) -> None:
+        try:
+            await self._mirror(job)
+        finally:
+            self._running -= 1
+
+    async def _mirror(self, job: ShadowJob) -> None:
         t0 = time.perf_counter()
         try:
             reply = await job.call()
