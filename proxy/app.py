@@ -3,8 +3,9 @@
 Middleware, outermost first (Envoy's filter chain, architecture §1.3):
 ServerErrorMiddleware (Starlette's: a bug becomes a legacy-shaped 500) →
 RequestContextMiddleware (request id, record, access log exactly once) →
-BodyLimitMiddleware (413 before buffering) → ExceptionMiddleware (renders ProxyError) →
-router.
+BodyLimitMiddleware (413 before buffering) → ScoringDispatch (the invocation URLs, straight
+to their handlers: `proxy.dispatch`) → ExceptionMiddleware (renders ProxyError) → router
+(everything else).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.routing import Route
 
 from proxy import accesslog, admin, dashboard, handlers
 from proxy.config import ProxyConfig
+from proxy.dispatch import ScoringDispatch
 from proxy.errors import InternalError, MethodNotAllowed, NoRoute, ProxyError
 from proxy.metrics import Metrics
 from proxy.middleware import (
@@ -45,10 +47,7 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 async def _render_proxy_error(request: Request, exc: Exception) -> Response:
     """The one place a local reply is rendered (architecture §1.4)."""
     assert isinstance(exc, ProxyError)
-    record = record_of(request.scope)
-    if record is not None:
-        record.flag, record.detail = exc.flag, exc.message
-    return handlers.local_reply(exc)
+    return handlers.ReplyResponse(handlers.error_reply(request.scope, exc))
 
 
 async def _render_http_exception(request: Request, exc: Exception) -> Response:
@@ -84,19 +83,9 @@ async def readyz(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    """The app's routes but the scoring URLs, which `ScoringDispatch` answers first."""
     legacy = "/model/{name}/{version}"
     return [
-        Route(f"{legacy}/invocations", handlers.legacy_invocations, methods=ALL_METHODS),
-        Route(
-            "/serving-endpoints/{endpoint}/invocations",
-            handlers.new_style_invocations,
-            methods=ALL_METHODS,
-        ),
-        Route(
-            "/model-endpoint/{name}/{version}/invocations",
-            handlers.new_style_invocations,
-            methods=ALL_METHODS,
-        ),
         Route("/invocations", handlers.root_invocations, methods=ALL_METHODS),
         *(
             Route(f"{prefix}/{word}", handlers.auxiliary, methods=ALL_METHODS)
@@ -130,7 +119,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         runtime = Runtime.build(config, upstream_factory)
-        if reporting.metrics is not None:
+        metrics = reporting.metrics
+        if metrics is not None and not metrics.follow_in_flight(lambda: runtime.in_flight):
             runtime.on_in_flight = reporting.in_flight
         # Issue 4: weights, rollout states, rollbacks and shadow parity come from issue 3's
         # cutover store and shadow mirror of this runtime.
@@ -171,6 +161,7 @@ def create_app(
                 ),
             ),
             Middleware(BodyLimitMiddleware, max_body_bytes=config.limits.max_body_bytes),
+            Middleware(ScoringDispatch),
         ],
         exception_handlers={
             ProxyError: _render_proxy_error,

@@ -16,6 +16,7 @@ and how it reads in the client's protocol; `app.py` renders them in one place.
     ├── UpstreamTimeout        504  UT   §6.5
     ├── UpstreamProtocolError  502  UPE  §6.5
     ├── Overloaded             503  UO   §6.5
+    ├── ClientClosed           499  DC   the client left before its body arrived
     └── InternalError          500  BUG  §6.5 (a bug: never a client's mistake)
 """
 
@@ -267,6 +268,20 @@ class Overloaded(ProxyError):
     error_code = "TEMPORARILY_UNAVAILABLE"
 
     def __init__(self, message: str = "Too many concurrent requests.") -> None:
+        super().__init__(message)
+
+
+class ClientClosed(ProxyError):
+    """The client closed its connection before sending its whole body.
+
+    Nobody reads the reply; the status is nginx's 499 so the access log and the metrics
+    tell a departed client from a proxy bug (Envoy's flag `DC`).
+    """
+
+    status_code = 499
+    flag = "DC"
+
+    def __init__(self, message: str = "client closed the connection mid-request") -> None:
         super().__init__(message)
 
 

@@ -2,6 +2,11 @@
 
 Every decision is a pure function elsewhere (paths, protocol, headers); this module only
 reads the request, calls them, talks to the upstream and returns the reply.
+
+The scoring handlers take the ASGI scope and `receive` and return a `Reply`:
+`proxy.dispatch` calls them straight, ahead of Starlette's router, because on the hot path
+the router, its exception layers and its `Request` object cost more than the translation
+does (py-spy, benchmarks/overhead.py). The rare endpoints stay ordinary Starlette ones.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from proxy.backends import ModelTargets, Target
 from proxy.config import ModelConfig
 from proxy.errors import (
     JSON,
+    ClientClosed,
     MethodNotAllowed,
     NoRoute,
     ProxyError,
 )
+from proxy.middleware import record_of as scope_record
 from proxy.middleware import reply_messages
 from proxy.models import Backend, ExchangeRecord, LegacyProtocol, ModelRef, Reply, UpstreamReply
 from proxy.protocol import paths
@@ -38,6 +45,9 @@ AUX_BODIES = {"ping": b"\n", "health": b"\n", "version": b"1.30.1"}
 # §6.4 M9/M11: tell a retrying client when to come back.
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 NEW_STYLE_405 = Reply(405, b'{"detail":"Method Not Allowed"}', JSON, (("allow", "POST"),))
+OPTIONS_REPLY = Reply(
+    200, b"", "text/html; charset=utf-8", (("allow", ", ".join(INVOCATION_ALLOW)),)
+)
 
 
 class ReplyResponse(Response):
@@ -53,22 +63,49 @@ class ReplyResponse(Response):
             await send(message)
 
 
+def error_reply(scope: Scope, error: ProxyError) -> Reply:
+    """The one place a local reply is rendered (architecture §1.4): the record learns the
+    flag and the reason for the access log, the client gets the error in its shape."""
+    record = scope_record(scope)
+    if record is not None:
+        record.flag, record.detail = error.flag, error.message
+    return error.to_reply()
+
+
 def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.state.runtime
     return runtime
 
 
-def record_of(request: Request) -> ExchangeRecord:
-    record: ExchangeRecord = request.state.record
-    return record
+def _context(scope: Scope) -> tuple[Runtime, ExchangeRecord]:
+    """The app's runtime (lifespan state) and the record the middleware opened."""
+    state = scope["state"]
+    return state["runtime"], state["record"]
 
 
-def _note_model(record: ExchangeRecord, ref: ModelRef) -> None:
-    record.model, record.version = ref.name, ref.version
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body; `BodyLimitMiddleware` has already bounded it.
+
+    Raises:
+        ClientClosed: the client went away before the last chunk.
+    """
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")
+        return body  # the common case: one message, no join
+    chunks: list[bytes] = []
+    while True:
+        if message["type"] == "http.disconnect":
+            raise ClientClosed()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+        message = await receive()
 
 
-def _client_host(request: Request) -> str | None:
-    client = request.scope.get("client")
+def _client_host(scope: Scope) -> str | None:
+    client = scope.get("client")
     return client[0] if client else None
 
 
@@ -80,9 +117,9 @@ def _header(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-def _query(request: Request) -> str:
-    """The raw query string, as the client sent it (scope, not the parsed URL: cheaper)."""
-    raw: bytes = request.scope.get("query_string", b"")
+def _query(scope: Scope) -> str:
+    """The raw query string, as the client sent it."""
+    raw: bytes = scope.get("query_string", b"")
     return raw.decode("latin-1")
 
 
@@ -90,44 +127,19 @@ async def _send(
     runtime: Runtime,
     record: ExchangeRecord,
     target: Target,
-    method: str,
     path: str,
     headers: list[tuple[str, str]],
     body: bytes,
-    *,
-    shadow: bool = False,
+    shadow: bool,
 ) -> UpstreamReply:
+    """POST to one backend, timing the wait on the record."""
     record.backend = target.backend
     pool = runtime.shadow_upstream(target) if shadow else runtime.upstream(target)
     t0 = time.perf_counter()
     try:
-        return await pool.send(method, path, headers, body)
+        return await pool.send("POST", path, headers, body)
     finally:
         record.upstream_s = time.perf_counter() - t0
-
-
-async def _send_serverless(
-    runtime: Runtime,
-    record: ExchangeRecord,
-    target: Target,
-    path: str,
-    request: Request,
-    incoming: list[tuple[str, str]],
-    content_type: str | None,
-    body: bytes,
-    *,
-    request_id: str,
-    shadow: bool = False,
-) -> UpstreamReply:
-    """POST to a model's serverless side with §7.1's headers (allow-list, auth by rule)."""
-    headers = header_rules.to_serverless(
-        incoming,
-        content_type=content_type,
-        token=target.token,
-        request_id=request_id,
-        client_host=_client_host(request),
-    )
-    return await _send(runtime, record, target, "POST", path, headers, body, shadow=shadow)
 
 
 def _passthrough_reply(reply: UpstreamReply) -> Reply:
@@ -137,23 +149,12 @@ def _passthrough_reply(reply: UpstreamReply) -> Reply:
     )
 
 
-def _method_gate(request: Request, allow: tuple[str, ...], wanted: str) -> Response | None:
-    """§6.5: OPTIONS answers 200 with `Allow`; any other method but `wanted` is a 405."""
-    if request.method == wanted:
-        return None
-    if request.method == "OPTIONS":
-        return ReplyResponse(
-            Reply(200, b"", "text/html; charset=utf-8", (("allow", ", ".join(allow)),))
-        )
-    raise MethodNotAllowed(allow)
-
-
 @dataclass(frozen=True, slots=True)
 class _Invocation:
     """One legacy request, read once, that either backend can be sent: the primary call
     writes onto the client's record, a shadow call (issue 3 §5) onto a scratch one."""
 
-    request: Request
+    scope: Scope
     runtime: Runtime
     ref: ModelRef
     model: ModelConfig
@@ -174,55 +175,27 @@ class _Invocation:
 
     async def _legacy(self, target: Target, record: ExchangeRecord, shadow: bool) -> Reply:
         """§1.4: the client's bytes, unchanged, to the legacy server."""
-        request = self.request
-        raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
-        path = raw_path.decode("latin-1")
+        scope = self.scope
         if target.path_template is not None:
-            path = paths.render_path(target.path_template, self.ref)
-        if query := _query(request):
+            path = self.runtime.upstream_path(target, self.ref)
+        else:
+            path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        if query := _query(scope):
             path += "?" + query
-        reply = await _send(
-            self.runtime,
-            record,
-            target,
-            "POST",
-            path,
-            header_rules.to_legacy(self.incoming, request_id=self.request_id),
-            self.body,
-            shadow=shadow,
-        )
+        headers = header_rules.to_legacy(self.incoming, request_id=self.request_id)
+        reply = await _send(self.runtime, record, target, path, headers, self.body, shadow)
         return _passthrough_reply(reply)
 
-    async def _post(
-        self,
-        record: ExchangeRecord,
-        target: Target,
-        path: str,
-        content_type: str | None,
-        body: bytes,
-        shadow: bool,
-    ) -> UpstreamReply:
-        return await _send_serverless(
-            self.runtime,
-            record,
-            target,
-            path,
-            self.request,
-            self.incoming,
-            content_type,
-            body,
-            request_id=self.request_id,
-            shadow=shadow,
-        )
-
     async def _serverless(self, record: ExchangeRecord, shadow: bool) -> Reply:
-        request, model = self.request, self.model
+        """§2–§5: translate, POST with §7.1's headers, translate the answer back."""
+        runtime, model = self.runtime, self.model
         target = self.targets.serverless
-        path = paths.render_path(target.path_template or "", self.ref)
+        path = runtime.upstream_path(target, self.ref)
         content_type = _header(self.incoming, "content-type")
         if model.legacy_protocol is LegacyProtocol.MLFLOW2:
             # §8.1: the model already spoke MLflow 2 on legacy serving; map the URL only.
-            reply = await self._post(record, target, path, content_type, self.body, shadow)
+            headers = self._serverless_headers(target, content_type)
+            reply = await _send(runtime, record, target, path, headers, self.body, shadow)
             return _passthrough_reply(reply)
 
         t0 = time.perf_counter()
@@ -232,18 +205,19 @@ class _Invocation:
         record.legacy_format = str(legacy_request.format)
         v2 = legacy_to_v2(legacy_request, csv_mode=model.csv_mode, upstream_nan=model.upstream_nan)
         record.translate_s += time.perf_counter() - t0
-        if not shadow:
+        if not shadow and runtime.config.recording.enabled:
             record_sample(
-                self.runtime.config.recording,
+                runtime.config.recording,
                 model=self.ref.name,
                 version=self.ref.version,
-                path=request.scope["path"],
+                path=self.scope["path"],
                 content_type=content_type,
                 body=self.body,
                 v2_content_type=v2.content_type,
                 v2_body=v2.body,
             )
-        reply = await self._post(record, target, path, v2.content_type, v2.body, shadow)
+        headers = self._serverless_headers(target, v2.content_type)
+        reply = await _send(runtime, record, target, path, headers, v2.body, shadow)
         t0 = time.perf_counter()
         try:
             out = v2_to_legacy(
@@ -258,47 +232,59 @@ class _Invocation:
             )
         return out
 
+    def _serverless_headers(
+        self, target: Target, content_type: str | None
+    ) -> list[tuple[str, str]]:
+        """§7.1: allow-listed client headers, the given Content-Type, auth by rule."""
+        return header_rules.to_serverless(
+            self.incoming,
+            content_type=content_type,
+            token=target.token,
+            request_id=self.request_id,
+            client_host=_client_host(self.scope),
+        )
 
-async def legacy_invocations(request: Request) -> Response:
+
+async def legacy_invocations(scope: Scope, receive: Receive, name: str, segment: str) -> Reply:
     """`POST /model/<name>/<version-or-stage>/invocations` (§1.2, §4, §5, §6.4).
 
     The cutover decides the backend per client (issue 3 §2); once the client's answer is
     ready, a shadowed request is handed to the mirror and the answer goes out unchanged.
     """
-    gate = _method_gate(request, INVOCATION_ALLOW, "POST")
-    if gate is not None:
-        return gate
-    runtime, record = runtime_of(request), record_of(request)
-    ref = paths.resolve_legacy(
-        runtime.config.models, request.path_params["name"], request.path_params["version"]
-    )
-    _note_model(record, ref)
-    model = runtime.config.models[ref.name]
-    with runtime.admit():
-        body = await request.body()
-        incoming = header_rules.decode(request.scope["headers"])
-        decision = runtime.cutover.decide(ref, incoming, _client_host(request))
+    method = scope["method"]
+    if method != "POST":
+        # §6.5: OPTIONS answers 200 with `Allow`; any other method is a 405.
+        if method == "OPTIONS":
+            return OPTIONS_REPLY
+        raise MethodNotAllowed(INVOCATION_ALLOW)
+    runtime, record = _context(scope)
+    ref = runtime.resolve_legacy(name, segment)
+    record.model, record.version = ref.name, ref.version
+    with runtime.admission:
+        body = await read_body(receive)
+        incoming = header_rules.decode(scope["headers"])
+        cutover = runtime.cutover
+        decision = cutover.decide(ref, incoming, _client_host(scope))
         record.bucket, record.route_reason = decision.bucket, decision.reason
         call = _Invocation(
-            request,
+            scope,
             runtime,
             ref,
-            model,
+            runtime.config.models[ref.name],
             runtime.targets[ref.name],
             incoming,
             body,
             record.request_id,
         )
+        primary = decision.primary
         t0 = time.perf_counter()
         try:
-            out = await call.send(decision.primary, record)
+            out = await call.send(primary, record)
         except ProxyError as exc:
-            runtime.cutover.observe(
-                ref.name, decision.primary, exc.status_code, time.perf_counter() - t0
-            )
+            cutover.observe(ref.name, primary, exc.status_code, time.perf_counter() - t0)
             raise
-        runtime.cutover.observe(
-            ref.name, decision.primary, out.status, record.upstream_s or time.perf_counter() - t0
+        cutover.observe(
+            ref.name, primary, out.status, record.upstream_s or time.perf_counter() - t0
         )
         if decision.shadow is not None:
             shadow = decision.shadow
@@ -311,51 +297,62 @@ async def legacy_invocations(request: Request) -> Response:
                 ShadowJob(
                     ref.name,
                     record.request_id,
-                    decision.primary,
+                    primary,
                     shadow,
                     out,
                     mirror,
                     body if runtime.config.shadow.keep_payloads else None,
                 )
             )
-        return ReplyResponse(out)
+        return out
 
 
-async def new_style_invocations(request: Request) -> Response:
-    """A migrated client on `/serving-endpoints/...` or `/model-endpoint/...` (§1.5).
+async def new_style_invocations(
+    scope: Scope, receive: Receive, name: str | None, segment: str
+) -> Reply:
+    """A migrated client on `/serving-endpoints/<segment>/...` (`name` None) or
+    `/model-endpoint/<name>/<segment>/...` (§1.5).
 
     Forwarded untranslated, Content-Type kept, the reply returned as it came; the
     cutover weight does not apply: the client has chosen the new side.
     """
-    if request.method != "POST":
-        return ReplyResponse(NEW_STYLE_405)
-    runtime, record = runtime_of(request), record_of(request)
-    params = request.path_params
-    if "endpoint" in params:
-        ref = paths.resolve_serving_endpoint(runtime.config.models, params["endpoint"])
+    if scope["method"] != "POST":
+        return NEW_STYLE_405
+    runtime, record = _context(scope)
+    models = runtime.config.models
+    if name is None:
+        ref = paths.resolve_serving_endpoint(models, segment)
     else:
-        ref = paths.resolve_model_endpoint(runtime.config.models, params["name"], params["version"])
-    _note_model(record, ref)
+        ref = paths.resolve_model_endpoint(models, name, segment)
+    record.model, record.version = ref.name, ref.version
     record.legacy_format = "new"
     target = runtime.targets[ref.name].serverless
-    path = paths.render_path(target.path_template or "", ref)
-    if query := _query(request):
+    path = runtime.upstream_path(target, ref)
+    if query := _query(scope):
         path += "?" + query
-    with runtime.admit():
-        body = await request.body()
-        incoming = header_rules.decode(request.scope["headers"])
-        reply = await _send_serverless(
-            runtime,
-            record,
-            target,
-            path,
-            request,
+    with runtime.admission:
+        body = await read_body(receive)
+        incoming = header_rules.decode(scope["headers"])
+        headers = header_rules.to_serverless(
             incoming,
-            _header(incoming, "content-type"),
-            body,
+            content_type=_header(incoming, "content-type"),
+            token=target.token,
             request_id=record.request_id,
+            client_host=_client_host(scope),
         )
-    return ReplyResponse(_passthrough_reply(reply))
+        reply = await _send(runtime, record, target, path, headers, body, False)
+    return _passthrough_reply(reply)
+
+
+def _method_gate(request: Request, allow: tuple[str, ...], wanted: str) -> Response | None:
+    """§6.5: OPTIONS answers 200 with `Allow`; any other method but `wanted` is a 405."""
+    if request.method == wanted:
+        return None
+    if request.method == "OPTIONS":
+        return ReplyResponse(
+            Reply(200, b"", "text/html; charset=utf-8", (("allow", ", ".join(allow)),))
+        )
+    raise MethodNotAllowed(allow)
 
 
 async def root_invocations(request: Request) -> Response:
@@ -370,9 +367,10 @@ async def auxiliary(request: Request) -> Response:
     """`/ping`, `/health`, `/version`, at the root or under a model, answered locally (§1.3)."""
     params = request.path_params
     if "name" in params:
-        runtime = runtime_of(request)
-        ref = paths.resolve_legacy(runtime.config.models, params["name"], params["version"])
-        _note_model(record_of(request), ref)
+        ref = runtime_of(request).resolve_legacy(params["name"], params["version"])
+        record = scope_record(request.scope)
+        if record is not None:
+            record.model, record.version = ref.name, ref.version
     if request.method in ("GET", "HEAD"):
         word = request.scope["path"].rsplit("/", 1)[1]
         body = AUX_BODIES[word] if request.method == "GET" else b""

@@ -17,7 +17,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -244,6 +244,16 @@ class Metrics:
                     model, client
                 )
             counter.inc()
+
+    def follow_in_flight(self, read: Callable[[], float]) -> bool:
+        """Let the in-flight gauge read `read()` at scrape time instead of being told +1/-1
+        per request. Only one process can be read that way: with several workers each one
+        must keep its own live value in the shared files, so this returns False and the
+        caller keeps counting."""
+        if self.multiprocess_dir is not None:
+            return False
+        self.in_flight.set_function(read)
+        return True
 
     def observe_shadow(self, model: str, result: str) -> None:
         self.shadow.labels(model, result).inc()

@@ -6,19 +6,54 @@ Built by the app's lifespan and handed to handlers as lifespan state (Starlette
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 
 from proxy.backends import ModelTargets, Target, build_targets
 from proxy.compare import Comparison, Tolerance, Verdict
 from proxy.config import ProxyConfig
 from proxy.cutover import Cutover
 from proxy.errors import Overloaded
+from proxy.models import ModelRef
+from proxy.protocol import paths
 from proxy.shadow import Shadow
 from proxy.upstream import AiohttpUpstream, Upstream, UpstreamSettings
 
 UpstreamFactory = Callable[[UpstreamSettings], Upstream]
+# Bounds the per-runtime memo tables below: a model without `versions:` accepts any
+# numeric version, so the keys are the clients' choice.
+MEMO_SIZE = 1024
+
+
+class Admission:
+    """Holds one of `limits.max_in_flight` places for a `with` block, or refuses with
+    503 (§6.5 UO). A plain class: a generator context manager costs several times more,
+    and this runs on every request."""
+
+    __slots__ = ("runtime",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def __enter__(self) -> None:
+        runtime = self.runtime
+        if runtime.in_flight >= runtime.config.limits.max_in_flight:
+            raise Overloaded()
+        runtime.in_flight += 1
+        if runtime.on_in_flight is not None:
+            runtime.on_in_flight(1)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        runtime = self.runtime
+        runtime.in_flight -= 1
+        if runtime.on_in_flight is not None:
+            runtime.on_in_flight(-1)
 
 
 @dataclass
@@ -35,8 +70,14 @@ class Runtime:
     cutover: Cutover = field(init=False)
     shadow: Shadow = field(init=False)
     shadow_upstreams: dict[UpstreamSettings, Upstream] = field(default_factory=dict)
+    admission: Admission = field(init=False)
+    # Pure functions of the frozen config, remembered: resolving and rendering a path
+    # costs more than the lookup, and the same few models take nearly every request.
+    _refs: dict[tuple[str, str], ModelRef] = field(default_factory=dict)
+    _paths: dict[tuple[str, ModelRef], str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.admission = Admission(self)
         self.cutover = Cutover(self.config)
         self.shadow = Shadow(
             self.config.shadow,
@@ -73,25 +114,30 @@ class Runtime:
             pool = self.shadow_upstreams[target.settings] = self.upstream_factory(target.settings)
         return pool
 
+    def resolve_legacy(self, name: str, segment: str) -> ModelRef:
+        """`paths.resolve_legacy` over this config, remembered (raises `UnknownModel`)."""
+        ref = self._refs.get((name, segment))
+        if ref is None:
+            ref = paths.resolve_legacy(self.config.models, name, segment)
+            if len(self._refs) >= MEMO_SIZE:
+                self._refs.clear()
+            self._refs[(name, segment)] = ref
+        return ref
+
+    def upstream_path(self, target: Target, ref: ModelRef) -> str:
+        """The target's path template filled for `ref` (`paths.render_path`), remembered."""
+        template = target.path_template or ""
+        path = self._paths.get((template, ref))
+        if path is None:
+            path = paths.render_path(template, ref)
+            if len(self._paths) >= MEMO_SIZE:
+                self._paths.clear()
+            self._paths[(template, ref)] = path
+        return path
+
     async def start(self) -> None:
         """Load the cutover state and start following the store (raises `StateError`)."""
         await self.cutover.start()
-
-    @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold one of `limits.max_in_flight` places, or refuse with 503 (§6.5 UO)."""
-        if self.in_flight >= self.config.limits.max_in_flight:
-            raise Overloaded()
-        self.in_flight += 1
-        hook = self.on_in_flight
-        if hook is not None:
-            hook(1)
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            if hook is not None:
-                hook(-1)
 
     async def aclose(self) -> None:
         await self.shadow.aclose()
