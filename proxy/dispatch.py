@@ -15,7 +15,8 @@ Starlette's `ServerErrorMiddleware`, which renders the bug reply as it did.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,11 +25,24 @@ from proxy.errors import ProxyError
 from proxy.middleware import reply_messages
 from proxy.models import Reply
 
-Handler = Callable[[Scope, Receive], Awaitable[Reply]]
+
+class Kind(Enum):
+    LEGACY = "legacy"  # /model/<name>/<version-or-stage>/invocations (§1.2)
+    MODEL_ENDPOINT = "model-endpoint"  # /model-endpoint/<name>/<version>/invocations (§1.5)
+    SERVING_ENDPOINT = "serving-endpoint"  # /serving-endpoints/<endpoint>/invocations (§1.5)
 
 
-def scoring_route(path: str) -> Handler | None:
-    """The handler for a scoring URL, bound to its path parameters, or None.
+@dataclass(frozen=True, slots=True)
+class ScoringRoute:
+    """A scoring URL's kind and its path parameters (`name` None for serving-endpoints)."""
+
+    kind: Kind
+    name: str | None
+    segment: str
+
+
+def scoring_route(path: str) -> ScoringRoute | None:
+    """Which scoring URL `path` is, or None for any other path. Pure.
 
     A parameter is one non-empty path segment, as Starlette's `{param}` matches it.
     """
@@ -37,17 +51,24 @@ def scoring_route(path: str) -> Handler | None:
     parts = path.split("/")
     # ["", "model", name, version, "invocations"] and the like; empty segments never match.
     if len(parts) == 5 and parts[2] and parts[3]:
-        kind, name, segment = parts[1], parts[2], parts[3]
-        if kind == "model":
-            return lambda scope, receive: handlers.legacy_invocations(scope, receive, name, segment)
-        if kind == "model-endpoint":
-            return lambda scope, receive: handlers.new_style_invocations(
-                scope, receive, name, segment
-            )
+        if parts[1] == "model":
+            return ScoringRoute(Kind.LEGACY, parts[2], parts[3])
+        if parts[1] == "model-endpoint":
+            return ScoringRoute(Kind.MODEL_ENDPOINT, parts[2], parts[3])
     elif len(parts) == 4 and parts[1] == "serving-endpoints" and parts[2]:
-        endpoint = parts[2]
-        return lambda scope, receive: handlers.new_style_invocations(scope, receive, None, endpoint)
+        return ScoringRoute(Kind.SERVING_ENDPOINT, None, parts[2])
     return None
+
+
+async def answer(route: ScoringRoute, scope: Scope, receive: Receive) -> Reply:
+    """Run the route's handler; a `ProxyError` becomes its reply through the one renderer."""
+    try:
+        if route.kind is Kind.LEGACY:
+            assert route.name is not None
+            return await handlers.legacy_invocations(scope, receive, route.name, route.segment)
+        return await handlers.new_style_invocations(scope, receive, route.name, route.segment)
+    except ProxyError as exc:
+        return handlers.error_reply(scope, exc)
 
 
 class ScoringDispatch:
@@ -57,13 +78,9 @@ class ScoringDispatch:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = scoring_route(scope["path"]) if scope["type"] == "http" else None
-        if handler is None:
+        route = scoring_route(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
             await self.app(scope, receive, send)
             return
-        try:
-            reply = await handler(scope, receive)
-        except ProxyError as exc:
-            reply = handlers.error_reply(scope, exc)
-        for message in reply_messages(reply):
+        for message in reply_messages(await answer(route, scope, receive)):
             await send(message)

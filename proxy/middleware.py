@@ -7,9 +7,10 @@ and runs the endpoint in another task, both costly on the hot path.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,6 +21,29 @@ from proxy.models import Backend, ExchangeRecord, Reply
 
 # A client's id is echoed into logs and upstream headers: accept only a plain token.
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIds:
+    """Request ids for requests that bring none: 32 hex digits, unique across processes.
+
+    80 random bits per process, then a counter: uuid4 reads the OS's random source on
+    every request, and request ids need to be unique, not unguessable. A forked child
+    draws its own prefix.
+    """
+
+    def __init__(self) -> None:
+        self._reseed()
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self._prefix = os.urandom(10).hex()
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+REQUEST_IDS = RequestIds()
 
 
 def reply_messages(reply: Reply, extra: list[tuple[bytes, bytes]] | None = None) -> list[Message]:
@@ -128,7 +152,7 @@ class RequestContextMiddleware:
                 break
         client = scope.get("client")
         record = ExchangeRecord(
-            request_id=request_id or uuid.uuid4().hex,
+            request_id=request_id or REQUEST_IDS.next(),
             method=scope["method"],
             path=scope["path"],
             started=time.perf_counter(),

@@ -422,3 +422,33 @@ async def test_recording_is_off_by_default(serverless: LiveServer, tmp_path: Any
             "/model/iris/3/invocations", content=SPLIT, headers={"content-type": SPLIT_CT}
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def in_flight(exposition: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(exposition):
+        if family.name == "serving_proxy_requests_in_flight":
+            return float(family.samples[0].value)
+    raise AssertionError("no in-flight gauge")
+
+
+async def test_the_in_flight_gauge_counts_requests_being_served(serverless: LiveServer) -> None:
+    faults(serverless, delay_ms=500)
+    async with proxy(make_config(serverless)) as client:
+        before = in_flight((await client.get("/metrics")).text)
+        slow = asyncio.ensure_future(
+            client.post(
+                "/model/iris/1/invocations", content=SPLIT, headers={"content-type": SPLIT_CT}
+            )
+        )
+        # Bounded wait until the request is inside the proxy (it waits on the upstream).
+        during = 0.0
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            during = in_flight((await client.get("/metrics")).text)
+            if during:
+                break
+        assert (await slow).status_code == 200
+        after = in_flight((await client.get("/metrics")).text)
+    assert (before, during, after) == (0, 1, 0)

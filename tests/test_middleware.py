@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
 from proxy import jsoncodec
 from proxy.errors import PayloadTooLarge
-from proxy.middleware import BodyLimitMiddleware, RequestContextMiddleware, record_of
+from proxy.middleware import (
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+    RequestIds,
+    record_of,
+)
 from proxy.models import ExchangeRecord
 
 pytestmark = pytest.mark.anyio
@@ -102,3 +109,28 @@ async def test_streamed_body_over_limit_raises_inside_the_app() -> None:
     async with client(app) as c:
         with pytest.raises(PayloadTooLarge):
             await c.post("/", content=chunks())
+
+
+def test_generated_request_ids_are_unique_32_hex_digits() -> None:
+    ids = RequestIds()
+    drawn = [ids.next() for _ in range(10_000)]
+    assert len(set(drawn)) == len(drawn)
+    assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in drawn)
+    # Another process (another instance) draws another prefix: ids never collide.
+    assert RequestIds().next()[:20] != drawn[0][:20]
+
+
+def test_a_forked_child_draws_its_own_request_id_prefix() -> None:
+    ids = RequestIds()
+    parent = ids.next()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report one id, then leave without running pytest's teardown
+        os.write(write, ids.next().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32
+    assert child[:20] != parent[:20]

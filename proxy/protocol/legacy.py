@@ -149,8 +149,12 @@ def _reader(ctype: ContentType) -> _Reader:
     raise UnsupportedMediaType.content_type(ctype.raw)
 
 
+# Formatted once: the E3 text is the `_load` fallback message of every pandas request.
+_E3 = {orient: E3_PANDAS.format(orient=orient) for orient in ("split", "records")}
+
+
 def _e3(orient: str) -> str:
-    return E3_PANDAS.format(orient=orient)
+    return _E3[orient]
 
 
 def _require_utf8(body: bytes) -> None:
