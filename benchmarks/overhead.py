@@ -1,8 +1,10 @@
 """What the proxy costs, measured in one run on loopback against one upstream simulator.
 
-    python benchmarks/overhead.py [--seconds 5] [--concurrency 1 32]
+    python benchmarks/overhead.py [--seconds 4] [--rounds 3] [--concurrency 1 32]
 
-Prints, at each concurrency, throughput and p50/p99 latency for:
+Prints, at each concurrency, throughput and p50/p99 latency (the median of --rounds
+interleaved rounds: every server runs for the whole benchmark and each round measures every
+target back to back, so a burst of other load on this shared machine hits them all) for:
   (a) the client straight to the upstream (new-protocol body);
   (b) a bare aiohttp pass-through with no translation (the floor for any Python proxy);
   (c) serving-proxy translating a pandas-split request and its answer (aiohttp upstream);
@@ -26,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -101,6 +103,7 @@ def serve_proxy(port: int, config_path: str, client: str) -> None:
         log_level="warning",
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # as `serve` runs it when the config names no trusted proxy
     )
 
 
@@ -234,7 +237,8 @@ def best_of(fn: Callable[[], None], reps: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per cell")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument(
         "--client",
@@ -300,18 +304,23 @@ def main() -> int:
                     LEGACY_CT,
                 ),
             ]
-            results: dict[tuple[str, int], dict[str, float]] = {}
-            for label, cmd, port, path, body, ct in targets:
-                ctx = child(cmd, port) if cmd else _nothing(upstream)
-                with ctx as server:
-                    url = server.url
+            rounds: dict[tuple[str, int], list[dict[str, float]]] = {}
+            with ExitStack() as stack:
+                urls = {
+                    label: stack.enter_context(child(cmd, port) if cmd else _nothing(upstream)).url
+                    for label, cmd, port, *_ in targets
+                }
+                for _ in range(args.rounds):
                     for c in args.concurrency:
-                        results[(label, c)] = (
-                            load_wrk(url + path, body, ct, c, args.seconds, tmp)
-                            if use_wrk
-                            else asyncio.run(load(url + path, body, ct, c, args.seconds))
-                        )
-    print_table(results, [t[0] for t in targets], args.concurrency)
+                        for label, _cmd, _port, path, body, ct in targets:
+                            url = urls[label] + path
+                            rounds.setdefault((label, c), []).append(
+                                load_wrk(url, body, ct, c, args.seconds, tmp)
+                                if use_wrk
+                                else asyncio.run(load(url, body, ct, c, args.seconds))
+                            )
+    print(f"median of {args.rounds} interleaved rounds of {args.seconds:g} s per cell")
+    print_table(rounds, [t[0] for t in targets], args.concurrency)
     print()
     print("translation alone (parse + legacy_to_v2 + v2_to_legacy) vs stdlib json:")
     print(f"{'rows':>8} {'proxy µs':>12} {'stdlib µs':>12} {'ratio':>7}")
@@ -325,9 +334,16 @@ def _nothing(url: str) -> Iterator[Child]:
     yield Child(url, 0)
 
 
+def median_cell(cells: list[dict[str, float]]) -> dict[str, float]:
+    return {
+        key: statistics.median(cell[key] for cell in cells) for key in ("rps", "p50_ms", "p99_ms")
+    } | {"errors": sum(cell["errors"] for cell in cells)}
+
+
 def print_table(
-    results: dict[tuple[str, int], dict[str, float]], labels: list[str], levels: list[int]
+    rounds: dict[tuple[str, int], list[dict[str, float]]], labels: list[str], levels: list[int]
 ) -> None:
+    results = {key: median_cell(cells) for key, cells in rounds.items()}
     print(f"{'target':<20} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for c in levels:
         for label in labels:
@@ -348,6 +364,13 @@ def print_table(
             f"p50 added c vs b {added_c:.2f} ms vs {added_b:.2f} ms "
             f"= {added_c / added_b if added_b > 0 else float('nan'):.2f}× (target ≤ 1.5)"
         )
+        per_round = [
+            cc_round["rps"] / b_round["rps"]
+            for cc_round, b_round in zip(
+                rounds[("(c) serving-proxy", c)], rounds[("(b) bare aiohttp", c)], strict=True
+            )
+        ]
+        print(f"    c÷b per round: {', '.join(f'{x:.2f}' for x in per_round)}")
 
 
 if __name__ == "__main__":

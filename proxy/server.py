@@ -4,9 +4,12 @@ uvicorn writes a response's head and its body with two `transport.write` calls, 
 uvloop each is its own `send()` system call, often its own TCP segment. On these machines
 that second system call was the largest single cost of a proxied request (py-spy: ~16% of
 the proxy's time in the head's write alone). `CoalescingTransport` gathers the writes made
-in one event-loop step and sends them with one call at the end of that step, so a buffered
-reply leaves as one segment. Nothing is reordered, delayed past the current step, or
-dropped: `close()` flushes first, and flow control still sees the real transport.
+in one event-loop step and sends them with one call, so a buffered reply leaves as one
+segment. The call is made as soon as uvicorn reports the response complete, or at the end
+of the step, whichever comes first: the app's work after its last `send` (the access log,
+the metrics) must not hold back a reply that is already whole. Nothing is reordered,
+delayed past the current step, or dropped: `close()` flushes first, and flow control still
+sees the real transport.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ class CoalescingTransport:
     def writelines(self, chunks: Any) -> None:
         for chunk in chunks:
             self.write(chunk)
+
+    def flush(self) -> None:
+        """Write what is pending now, as one write."""
+        self._flush()
 
     def _flush(self) -> None:
         if not self._pending:
@@ -64,3 +71,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # uvloop's TCPTransport is not an asyncio.Transport subclass, only alike.
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        # uvicorn calls this from the `send` of the last body chunk, before control returns
+        # to the app: the reply is whole, so it leaves now rather than after the app's own
+        # bookkeeping for the request has run.
+        transport = self.transport
+        if isinstance(transport, CoalescingTransport):
+            transport.flush()
+        super().on_response_complete()

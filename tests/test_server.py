@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import httpx
@@ -93,3 +94,29 @@ def test_uvicorn_serves_through_it_with_keep_alive() -> None:
         answers = [client.post(server.url + "/e", content=b"x" * n) for n in (0, 1, 70_000)]
     assert [len(a.content) for a in answers] == [0, 1, 70_000]
     assert all(a.status_code == 200 for a in answers)
+
+
+def test_a_whole_reply_leaves_before_the_apps_work_after_it() -> None:
+    # The app blocks its event loop after its last `send` until the client has the reply:
+    # a reply held until the end of the loop step would never arrive (bounded by timeouts),
+    # so the test fails on order, not on time.
+    received = threading.Event()
+    finished: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"whole"})
+        finished.append(received.wait(timeout=10))  # e.g. access log and metrics
+
+    with LiveServer(app, http=CoalescingHttpToolsProtocol, loop="uvloop") as server:
+        with httpx.Client(timeout=5) as client:
+            answer = client.post(server.url + "/", content=b"x")
+        received.set()
+        with httpx.Client(timeout=15) as client:
+            again = client.post(server.url + "/", content=b"y")  # served once the loop is free
+    assert (answer.status_code, answer.content) == (200, b"whole")
+    assert again.status_code == 200
+    assert finished[0] is True
