@@ -92,7 +92,9 @@ def serve_proxy(port: int, config_path: str, client: str) -> None:
     config = load_config(config_path, os.environ)
     factory = HttpxUpstream if client == "httpx" else AiohttpUpstream
     app = create_app(config, upstream_factory=factory, on_complete=lambda record: None)
-    from proxy.server import CoalescingHttpToolsProtocol
+    from proxy.server import CoalescingHttpToolsProtocol, tune_gc
+
+    tune_gc()  # as `serve` does
 
     uvicorn.run(
         app,

@@ -31,7 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from proxy.app import create_app
     from proxy.config import ConfigError, load_config
-    from proxy.server import CoalescingHttpToolsProtocol
+    from proxy.server import CoalescingHttpToolsProtocol, tune_gc
 
     try:
         config = load_config(args.config, os.environ)
@@ -68,7 +68,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "proxy.app:app_from_env", factory=True, workers=config.server.workers, **common
             )
     else:
-        uvicorn.run(create_app(config), **common)
+        app = create_app(config)
+        tune_gc()
+        uvicorn.run(app, **common)
     return 0
 
 

@@ -178,8 +178,9 @@ def create_app(
 
 def app_from_env() -> Starlette:
     """The app factory each uvicorn worker calls when `server.workers` > 1."""
-    import os
-
     from proxy.config import load_config
+    from proxy.server import tune_gc
 
-    return create_app(load_config(os.environ["SERVING_PROXY_CONFIG"], os.environ))
+    app = create_app(load_config(os.environ["SERVING_PROXY_CONFIG"], os.environ))
+    tune_gc()  # in each worker process, as `serve` does for a single one
+    return app

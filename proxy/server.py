@@ -15,9 +15,31 @@ sees the real transport.
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+# CPython's default is 700: a proxied request leaves about 30 container objects alive while
+# it waits on its upstream, so at concurrency 32 the young generation filled every ~23
+# requests and each collection walked every request in flight (measured: ~5% of the
+# proxy's CPU, 0.4 ms per collection). At 5,000 the short-lived objects are freed by
+# reference counting long before a collection comes, and collections become rare.
+GC_GEN0_THRESHOLD = 5_000
+
+
+def tune_gc() -> None:
+    """Tune the cyclic garbage collector for a long-running server process.
+
+    Call once, after the app is built and before serving: `gc.freeze()` moves everything
+    alive at that point (modules, config, the app) out of the collector's sight, so the
+    rare full collections no longer walk the whole heap, and the young-generation
+    threshold is raised (see `GC_GEN0_THRESHOLD`). Cycles are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 class CoalescingTransport:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -120,3 +122,22 @@ def test_a_whole_reply_leaves_before_the_apps_work_after_it() -> None:
     assert (answer.status_code, answer.content) == (200, b"whole")
     assert again.status_code == 200
     assert finished[0] is True
+
+
+def test_tune_gc_freezes_the_heap_and_raises_the_young_threshold() -> None:
+    # In a child: the test process's own collector is none of this test's business.
+    code = (
+        "import gc\n"
+        "from proxy.server import GC_GEN0_THRESHOLD, tune_gc\n"
+        "before = gc.get_threshold()\n"
+        "tune_gc()\n"
+        "after = gc.get_threshold()\n"
+        "class Node: pass\n"
+        "a, b = Node(), Node(); a.b, b.a = b, a; del a, b\n"
+        "print(after[0] == GC_GEN0_THRESHOLD, after[1:] == before[1:],"
+        " gc.get_freeze_count() > 1000, gc.collect() >= 2)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["True", "True", "True", "True"]
