@@ -9,12 +9,14 @@ Everything else (auxiliary endpoints, admin, dashboard, metrics, unknown paths) 
 to the Starlette app as before, so its 404/405 rendering stays in one place.
 
 The properties the router gave are kept: a `ProxyError` becomes its reply through
-`handlers.error_reply` (the one renderer), and any other exception propagates to
-Starlette's `ServerErrorMiddleware`, which renders the bug reply as it did.
+`handlers.error_reply` (the one renderer), and any other exception is a bug: logged with its
+traceback and answered by `handlers.bug_reply`, the function Starlette's error layer uses
+for the other routes.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import Enum
 
@@ -24,6 +26,8 @@ from proxy import handlers
 from proxy.errors import ProxyError
 from proxy.middleware import reply_messages
 from proxy.models import Reply
+
+LOGGER = logging.getLogger("serving_proxy")
 
 
 class Kind(Enum):
@@ -61,7 +65,7 @@ def scoring_route(path: str) -> ScoringRoute | None:
 
 
 async def answer(route: ScoringRoute, scope: Scope, receive: Receive) -> Reply:
-    """Run the route's handler; a `ProxyError` becomes its reply through the one renderer."""
+    """Run the route's handler; every failure becomes a reply in the client's shape."""
     try:
         if route.kind is Kind.LEGACY:
             assert route.name is not None
@@ -69,6 +73,9 @@ async def answer(route: ScoringRoute, scope: Scope, receive: Receive) -> Reply:
         return await handlers.new_style_invocations(scope, receive, route.name, route.segment)
     except ProxyError as exc:
         return handlers.error_reply(scope, exc)
+    except Exception as exc:
+        LOGGER.exception("unhandled error on %s %s", scope["method"], scope["path"])
+        return handlers.bug_reply(scope, exc)
 
 
 class ScoringDispatch:

@@ -24,6 +24,7 @@ from proxy.config import ModelConfig
 from proxy.errors import (
     JSON,
     ClientClosed,
+    InternalError,
     MethodNotAllowed,
     NoRoute,
     ProxyError,
@@ -70,6 +71,15 @@ def error_reply(scope: Scope, error: ProxyError) -> Reply:
     if record is not None:
         record.flag, record.detail = error.flag, error.message
     return error.to_reply()
+
+
+def bug_reply(scope: Scope, exc: BaseException) -> Reply:
+    """An unhandled exception: a 500 without a traceback for the client (§6.5 bug); the
+    record says which exception, the log (the caller's) has the traceback."""
+    record = scope_record(scope)
+    if record is not None:
+        record.flag, record.detail = "BUG", type(exc).__name__
+    return InternalError().to_reply()
 
 
 def runtime_of(request: Request) -> Runtime:

@@ -6,6 +6,7 @@ and runs the endpoint in another task, both costly on the hot path.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
@@ -65,6 +66,8 @@ def record_of(scope: Scope) -> ExchangeRecord | None:
     return record if isinstance(record, ExchangeRecord) else None
 
 
+# The same few clients call again and again: hash each key once (bounded).
+@functools.lru_cache(maxsize=4096)
 def hash_client_key(value: str) -> str:
     """A stable, short digest of a client key: the same in every worker and every restart."""
     return hashlib.blake2b(value.encode("utf-8"), digest_size=6, person=b"sp-client").hexdigest()

@@ -8,6 +8,7 @@ that 1.30.1 refused for a reason visible in the request is refused here with 1.3
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 from collections.abc import Iterator
@@ -70,6 +71,12 @@ def parse_content_type(value: str | None) -> ContentType:
     """
     if value is None:
         raise MissingContentType()
+    return _parse_content_type(value)
+
+
+# Clients send a handful of distinct headers, each on every request: parse each once.
+@functools.lru_cache(maxsize=256)
+def _parse_content_type(value: str) -> ContentType:
     parts = [part.strip() for part in value.split(";")]
     params: dict[str, str] = {}
     for part in parts[1:]:
