@@ -203,6 +203,7 @@ class Metrics:
         self._upstream: dict[tuple[str, str], Histogram] = {}
         self._translate: dict[tuple[str, str], Histogram] = {}
         self._clients: dict[tuple[str, str], Counter] = {}
+        self._shadow: dict[tuple[str, str], Counter] = {}
 
     def observe(self, record: ExchangeRecord) -> None:
         """Count one finished request (called once per record, after the response)."""
@@ -256,7 +257,10 @@ class Metrics:
         return True
 
     def observe_shadow(self, model: str, result: str) -> None:
-        self.shadow.labels(model, result).inc()
+        counter = self._shadow.get((model, result))
+        if counter is None:
+            counter = self._shadow[(model, result)] = self.shadow.labels(model, result)
+        counter.inc()
 
     def set_weights(self, weights: Iterable[tuple[str, float | None]]) -> None:
         """Publish each model's serverless share, given in percent (None: unknown, skipped)."""
