@@ -434,7 +434,8 @@ def in_flight(exposition: str) -> float:
 
 
 async def test_the_in_flight_gauge_counts_requests_being_served(serverless: LiveServer) -> None:
-    faults(serverless, delay_ms=500)
+    # Long enough that a loaded machine still scrapes while the request waits upstream.
+    faults(serverless, delay_ms=1500)
     async with proxy(make_config(serverless)) as client:
         before = in_flight((await client.get("/metrics")).text)
         slow = asyncio.ensure_future(
@@ -444,7 +445,7 @@ async def test_the_in_flight_gauge_counts_requests_being_served(serverless: Live
         )
         # Bounded wait until the request is inside the proxy (it waits on the upstream).
         during = 0.0
-        for _ in range(200):
+        for _ in range(300):
             await asyncio.sleep(0.01)
             during = in_flight((await client.get("/metrics")).text)
             if during:
