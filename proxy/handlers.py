@@ -388,7 +388,3 @@ async def auxiliary(request: Request) -> Response:
     gate = _method_gate(request, AUX_ALLOW, "GET")
     assert gate is not None  # GET was handled above; _method_gate raised for the rest
     return gate
-
-
-def local_reply(error: ProxyError) -> Response:
-    return ReplyResponse(error.to_reply())

@@ -66,11 +66,14 @@ def record_of(scope: Scope) -> ExchangeRecord | None:
     return record if isinstance(record, ExchangeRecord) else None
 
 
-# The same few clients call again and again: hash each key once (bounded).
-@functools.lru_cache(maxsize=4096)
 def hash_client_key(value: str) -> str:
     """A stable, short digest of a client key: the same in every worker and every restart."""
     return hashlib.blake2b(value.encode("utf-8"), digest_size=6, person=b"sp-client").hexdigest()
+
+
+# The same few clients call again and again: a header value or an address is hashed once
+# (bounded). Never an Authorization value: a cache would keep tokens alive in memory.
+_hash_remembered = functools.lru_cache(maxsize=4096)(hash_client_key)
 
 
 def client_key_reader(
@@ -86,14 +89,14 @@ def client_key_reader(
             for name, value in scope["headers"]:
                 if name == header and value.strip():
                     text = value.strip().decode("latin-1")
-                    return text if show_header else hash_client_key(text)
+                    return text if show_header else _hash_remembered(text)
             if config.authorization:
                 for name, value in scope["headers"]:
                     if name == b"authorization" and value.strip():
                         return hash_client_key(value.strip().decode("latin-1"))
         client = scope.get("client")
         if config.address and client:
-            return hash_client_key(str(client[0]))
+            return _hash_remembered(str(client[0]))
         return None
 
     return read
