@@ -46,9 +46,6 @@ AUX_BODIES = {"ping": b"\n", "health": b"\n", "version": b"1.30.1"}
 # §6.4 M9/M11: tell a retrying client when to come back.
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 NEW_STYLE_405 = Reply(405, b'{"detail":"Method Not Allowed"}', JSON, (("allow", "POST"),))
-OPTIONS_REPLY = Reply(
-    200, b"", "text/html; charset=utf-8", (("allow", ", ".join(INVOCATION_ALLOW)),)
-)
 
 
 class ReplyResponse(Response):
@@ -131,6 +128,19 @@ def _query(scope: Scope) -> str:
     """The raw query string, as the client sent it."""
     raw: bytes = scope.get("query_string", b"")
     return raw.decode("latin-1")
+
+
+def method_gate(method: str, allow: tuple[str, ...], wanted: str) -> Reply | None:
+    """§6.5: OPTIONS answers 200 with `Allow`; any other method but `wanted` is a 405.
+
+    Returns:
+        None for `wanted`, the OPTIONS reply, or raises `MethodNotAllowed`.
+    """
+    if method == wanted:
+        return None
+    if method == "OPTIONS":
+        return Reply(200, b"", "text/html; charset=utf-8", (("allow", ", ".join(allow)),))
+    raise MethodNotAllowed(allow)
 
 
 async def _send(
@@ -261,12 +271,9 @@ async def legacy_invocations(scope: Scope, receive: Receive, name: str, segment:
     The cutover decides the backend per client (issue 3 §2); once the client's answer is
     ready, a shadowed request is handed to the mirror and the answer goes out unchanged.
     """
-    method = scope["method"]
-    if method != "POST":
-        # §6.5: OPTIONS answers 200 with `Allow`; any other method is a 405.
-        if method == "OPTIONS":
-            return OPTIONS_REPLY
-        raise MethodNotAllowed(INVOCATION_ALLOW)
+    gate = method_gate(scope["method"], INVOCATION_ALLOW, "POST")
+    if gate is not None:
+        return gate
     runtime, record = _context(scope)
     ref = runtime.resolve_legacy(name, segment)
     record.model, record.version = ref.name, ref.version
@@ -355,14 +362,9 @@ async def new_style_invocations(
 
 
 def _method_gate(request: Request, allow: tuple[str, ...], wanted: str) -> Response | None:
-    """§6.5: OPTIONS answers 200 with `Allow`; any other method but `wanted` is a 405."""
-    if request.method == wanted:
-        return None
-    if request.method == "OPTIONS":
-        return ReplyResponse(
-            Reply(200, b"", "text/html; charset=utf-8", (("allow", ", ".join(allow)),))
-        )
-    raise MethodNotAllowed(allow)
+    """`method_gate` for a Starlette endpoint."""
+    reply = method_gate(request.method, allow, wanted)
+    return None if reply is None else ReplyResponse(reply)
 
 
 async def root_invocations(request: Request) -> Response:
