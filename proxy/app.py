@@ -161,13 +161,16 @@ def create_app(
     sink = on_complete or access_log
 
     def complete(record: ExchangeRecord) -> None:
-        sink(record)
+        # The figures first, the access line last: a reader who sees a request's line
+        # knows its metrics and statistics are counted too (the reply itself may have
+        # reached the client a moment earlier: proxy/server.py writes it at once).
         try:
             reporting.observe(record)
         except Exception:
             # A bug in the figures must not turn a request already answered into a server
-            # error; it is logged with its traceback instead (the access line is out).
+            # error, nor cost its access line; it is logged with its traceback instead.
             LOGGER.exception("reporting failed for request %s", record.request_id)
+        sink(record)
 
     app = ProxyApp(
         routes=[*routes(), *dashboard.routes(), *admin.routes()],

@@ -15,7 +15,7 @@ import io
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +91,26 @@ def proxy(
         yield server.url, registry, caplog
 
 
-def access_lines(caplog: pytest.LogCaptureFixture) -> dict[str, dict[str, Any]]:
-    lines = [
-        jsoncodec.loads(r.getMessage()) for r in caplog.records if r.name == "serving_proxy.access"
-    ]
-    by_id = {line["request_id"]: line for line in lines}
+def access_lines(
+    caplog: pytest.LogCaptureFixture, responses: list[httpx.Response]
+) -> dict[str, dict[str, Any]]:
+    """The access lines so far, by request id, once those of `responses` are there.
+
+    The proxy writes a reply first and counts it just after (proxy/server.py), in the
+    server's thread, so a line may trail its response by a moment: wait for it, bounded.
+    """
+    wanted = {r.headers["x-request-id"] for r in responses}
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [
+            jsoncodec.loads(r.getMessage())
+            for r in list(caplog.records)
+            if r.name == "serving_proxy.access"
+        ]
+        by_id = {line["request_id"]: line for line in lines}
+        if wanted <= by_id.keys() or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert len(by_id) == len(lines), "one line per request id"
     return by_id
 
@@ -146,7 +161,7 @@ def test_server_timing_matches_the_access_log(proxy, simulators) -> None:
     # The trace context reaches the model unchanged, beside the proxy's request id.
     assert {k: seen[k] for k in trace} == trace
     assert seen["x-request-id"] == traced.headers["x-request-id"]
-    lines = access_lines(caplog)
+    lines = access_lines(caplog, [*responses, traced])
     for response in [*responses, traced]:
         rid = response.headers["x-request-id"]
         timing = parse_server_timing(response.headers["server-timing"])
@@ -176,7 +191,7 @@ def test_every_ending_gets_one_line_and_one_count(proxy, simulators) -> None:
             "/model/wine/1/invocations", content=b"x" * (16 * 1024 * 1024 + 1), headers=SPLIT
         )
         bad = client.post("/model/wine/1/invocations", content=b"{", headers=SPLIT)
-    lines = access_lines(caplog)
+    lines = access_lines(caplog, [not_found, unknown, too_large, bad])
     got = {
         r.status_code: lines[r.headers["x-request-id"]]["outcome"]
         for r in (not_found, unknown, too_large, bad)
@@ -208,7 +223,7 @@ def test_upstream_failure_is_logged_and_counted(simulators, caplog) -> None:
     with LiveServer(create_app(config, registry=registry)) as server:
         r = httpx.post(server.url + "/model/wine/1/invocations", json=BODY, headers=SPLIT)
     assert r.status_code == 503
-    line = access_lines(caplog)[r.headers["x-request-id"]]
+    line = access_lines(caplog, [r])[r.headers["x-request-id"]]
     assert (line["outcome"], line["backend"], line["status"]) == ("UF", "serverless", 503)
     labels = {
         "model": "wine",
@@ -222,8 +237,7 @@ def test_upstream_failure_is_logged_and_counted(simulators, caplog) -> None:
 
 def test_metrics_and_report_agree_with_what_was_sent(proxy, tmp_path: Path) -> None:
     url, registry, caplog = proxy
-    scripted_run(url)
-    lines = access_lines(caplog)
+    lines = access_lines(caplog, scripted_run(url))
     by_backend: dict[str, list[float]] = {"legacy": [], "serverless": []}
     for line in lines.values():
         if line["model"] == "iris":
@@ -326,6 +340,34 @@ def wine_requests(report: dict[str, Any]) -> int:
     return 0 if wine is None else int(wine["requests"])
 
 
+def wine_scraped(text: str) -> int:
+    return int(
+        sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            if f.name == "serving_proxy_requests"
+            for s in f.samples
+            if s.name == "serving_proxy_requests_total" and s.labels["model"] == "wine"
+        )
+    )
+
+
+def consecutive(
+    fetch: Callable[[], Any], count: Callable[[Any], int], expected: int, n: int = 6
+) -> list[Any]:
+    """`n` answers in a row whose count is `expected`, or the last `n` after 10 s."""
+    answers: list[Any] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        answer = fetch()
+        answers = [*answers, answer][-n:] if count(answer) == expected else []
+        if len(answers) == n:
+            return answers
+        if not answers:
+            time.sleep(0.2)
+    return [fetch() for _ in range(n)]
+
+
 def test_two_workers_scraped_totals_equal_requests_sent(simulators, tmp_path: Path) -> None:
     metrics_dir = tmp_path / "metrics"
     doc = config_doc(
@@ -346,19 +388,20 @@ def test_two_workers_scraped_totals_equal_requests_sent(simulators, tmp_path: Pa
                     headers={**SPLIT, "x-client-app": f"app-{i % 4}"},
                 )
                 assert r.status_code == 200
-            scraped = [client.get("/metrics").text for _ in range(6)]
-            # Each worker writes its HDR statistics within a second of any request it served
-            # (the kernel may have given one worker every invocation and the other only
-            # scrapes); wait (bounded) until both files are there and a report adds up,
-            # then ask both workers.
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                report = client.get("/admin/report", headers=admin).json()
-                published = len(list(metrics_dir.glob("stats_*.json")))
-                if published == 2 and wine_requests(report) == sent:
-                    break
-                time.sleep(0.2)
-            reports = [client.get("/admin/report", headers=admin).json() for _ in range(6)]
+            # Each worker counts a request just after its reply is written, and writes its
+            # HDR statistics for the others within a second (the kernel may have given one
+            # worker every invocation and the other only scrapes). So read until six
+            # answers in a row (both workers, by the new connections) add up, bounded;
+            # a worker that lost or doubled a count never gets there.
+            scraped = consecutive(lambda: client.get("/metrics").text, wine_scraped, sent)
+            reports = consecutive(
+                lambda: client.get("/admin/report", headers=admin).json(),
+                # ...and both workers have published their statistics file.
+                lambda r: (
+                    wine_requests(r) if len(list(metrics_dir.glob("stats_*.json"))) == 2 else -1
+                ),
+                sent,
+            )
         writers = {p.name for p in metrics_dir.glob("counter_*.db")}
         stats_files = {p.name for p in metrics_dir.glob("stats_*.json")}
     for text in scraped:
