@@ -6,6 +6,7 @@ Each server is a child process on 127.0.0.1, ready when its port accepts (and, g
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -38,6 +39,43 @@ def _answers(port: int, ready: str | None) -> bool:
             return sock.recv(64).startswith(b"HTTP/1.1 200")
     except OSError:
         return False
+
+
+class CpuMeter:
+    """CPU seconds (user + system) a process spends between `start` and `stop`.
+
+    Read from /proc/<pid>/stat, so Linux only; elsewhere, or with no pid, `per_request` is
+    NaN and the table shows a dash.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._start: float | None = None
+        self._spent: float | None = None
+
+    def _read(self) -> float | None:
+        if not self.pid:
+            return None
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return None
+        # Fields after the parenthesised command name: state is [0], utime [11], stime [12].
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> None:
+        end = self._read()
+        self._spent = None if end is None or self._start is None else end - self._start
+
+    def per_request(self, count: float) -> float:
+        """Microseconds of CPU per request, or NaN when unknown."""
+        if self._spent is None or count <= 0:
+            return float("nan")
+        return self._spent / count * 1e6
 
 
 @contextmanager

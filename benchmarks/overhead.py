@@ -9,10 +9,16 @@ target back to back, so a burst of other load on this shared machine hits them a
   (b) a bare aiohttp pass-through with no translation (the floor for any Python proxy);
   (c) serving-proxy translating a pandas-split request and its answer (aiohttp upstream);
   (d) as (c) with httpx as the upstream client;
+  (e) the floor of the proxy's own stack: the same uvicorn server and aiohttp upstream
+      client as (c), forwarding with none of the proxy's work (no translation, routing,
+      middleware or reporting), so (c) − (e) is what the proxy itself costs;
 and the ratios c÷b (throughput), d÷c (throughput), and the p50 the proxy adds over (a)
-relative to what (b) adds. Then the translation cost alone for 1, 100 and 10,000-row
-frames against a stdlib-json baseline. Every server is a child process on 127.0.0.1,
-stopped by its PID; the run is bounded by --seconds per cell.
+relative to what (b) adds. On Linux, each cell also shows the CPU time the server in the
+middle spent per request (from /proc, the measured seconds only): unlike throughput, it
+hardly moves when other load on a shared machine steals the cores. Then the translation
+cost alone for 1, 100 and 10,000-row frames against a stdlib-json baseline. Every server
+is a child process on 127.0.0.1, stopped by its PID; the run is bounded by --seconds per
+cell.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -37,13 +44,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import Child, child, free_port  # noqa: E402
+from benchmarks.harness import Child, CpuMeter, child, free_port  # noqa: E402
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 ROWS = [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]]
 LEGACY_BODY = json.dumps({"columns": COLUMNS, "data": ROWS}).encode()
 LEGACY_CT = "application/json; format=pandas-split"
 NEW_BODY = json.dumps({"dataframe_split": {"columns": COLUMNS, "data": ROWS}}).encode()
+FLOOR = "(e) uvicorn+aiohttp"
 
 
 # --- (b): the bare pass-through, written here so nothing of the proxy is in it --------------
@@ -79,7 +87,7 @@ def serve_passthrough(port: int, upstream: str) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-# --- (c)/(d): serving-proxy with a chosen upstream client -----------------------------------
+# --- (c)/(d): serving-proxy with a chosen upstream client; (e): its stack alone -------------
 
 
 def serve_proxy(port: int, config_path: str, client: str) -> None:
@@ -109,11 +117,50 @@ def serve_proxy(port: int, config_path: str, client: str) -> None:
     )
 
 
-# --- the load generator ---------------------------------------------------------------------
+def serve_floor(port: int, upstream: str) -> None:
+    """(e): uvicorn as `serve` runs it, forwarding through `AiohttpUpstream`, nothing else."""
+    import uvicorn
+
+    from proxy.server import CoalescingHttpToolsProtocol, tune_gc
+    from proxy.upstream import AiohttpUpstream, UpstreamSettings
+
+    client = AiohttpUpstream(UpstreamSettings(upstream, 5.0, 30.0, 64, decompress=True))
+    forwarded = [("content-type", "application/json")]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        reply = await client.send("POST", "/invocations", forwarded, body)
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    tune_gc()
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http=CoalescingHttpToolsProtocol,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        lifespan="off",
+    )
+
+
+# --- measuring: the load generator and the CPU meter ---------------------------------------
 
 
 async def load(
-    url: str, body: bytes, content_type: str, concurrency: int, seconds: float
+    url: str, body: bytes, content_type: str, concurrency: int, seconds: float, meter: CpuMeter
 ) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
@@ -137,9 +184,11 @@ async def load(
         await asyncio.gather(*(worker(warm) for _ in range(concurrency)))
         latencies.clear()
         errors = 0
+        meter.start()
         start = time.perf_counter()
         await asyncio.gather(*(worker(start + seconds) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
+        meter.stop()
     latencies.sort()
     return {
         "rps": len(latencies) / elapsed,
@@ -147,6 +196,7 @@ async def load(
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
         "errors": errors,
         "n": len(latencies),
+        "cpu_us": meter.per_request(len(latencies)),
     }
 
 
@@ -184,13 +234,20 @@ def parse_wrk(text: str) -> dict[str, float]:
 
 
 def load_wrk(
-    url: str, body: bytes, content_type: str, concurrency: int, seconds: float, tmp: str
+    url: str,
+    body: bytes,
+    content_type: str,
+    concurrency: int,
+    seconds: float,
+    meter: CpuMeter,
+    tmp: str,
 ) -> dict[str, float]:
     """The same measurement with wrk (C, one thread): the client costs the machine less."""
     script = Path(tmp) / f"post-{abs(hash((url, concurrency)))}.lua"
     script.write_text(WRK_SCRIPT.format(body=json.dumps(body.decode()), content_type=content_type))
     base = ["wrk", "-t1", f"-c{concurrency}", "-s", str(script)]
     subprocess.run([*base, "-d1s", url], capture_output=True, check=True, timeout=30)
+    meter.start()
     done = subprocess.run(
         [*base, f"-d{max(1, round(seconds))}s", "--latency", url],
         capture_output=True,
@@ -198,7 +255,9 @@ def load_wrk(
         text=True,
         timeout=seconds + 30,
     )
-    return parse_wrk(done.stdout)
+    meter.stop()
+    cell = parse_wrk(done.stdout)
+    return cell | {"cpu_us": meter.per_request(cell["n"])}
 
 
 def translation_table(repeat: int) -> list[tuple[int, float, float]]:
@@ -250,9 +309,13 @@ def main() -> int:
     )
     parser.add_argument("--serve-passthrough", nargs=2, metavar=("PORT", "UPSTREAM"))
     parser.add_argument("--serve-proxy", nargs=3, metavar=("PORT", "CONFIG", "CLIENT"))
+    parser.add_argument("--serve-floor", nargs=2, metavar=("PORT", "UPSTREAM"))
     args = parser.parse_args()
     if args.serve_passthrough:
         serve_passthrough(int(args.serve_passthrough[0]), args.serve_passthrough[1])
+        return 0
+    if args.serve_floor:
+        serve_floor(int(args.serve_floor[0]), args.serve_floor[1])
         return 0
     if args.serve_proxy:
         serve_proxy(int(args.serve_proxy[0]), args.serve_proxy[1], args.serve_proxy[2])
@@ -262,7 +325,7 @@ def main() -> int:
     print(f"load generator: {'wrk' if use_wrk else 'aiohttp client'}; {os.cpu_count()} cores")
     py = sys.executable
     me = str(Path(__file__).resolve())
-    up_port, b_port, c_port, d_port = (free_port() for _ in range(4))
+    up_port, b_port, c_port, d_port, e_port = (free_port() for _ in range(5))
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "proxy.yaml"
         with child(
@@ -305,21 +368,31 @@ def main() -> int:
                     LEGACY_BODY,
                     LEGACY_CT,
                 ),
+                (
+                    FLOOR,
+                    [py, me, "--serve-floor", str(e_port), upstream],
+                    e_port,
+                    "/invocations",
+                    NEW_BODY,
+                    "application/json",
+                ),
             ]
             rounds: dict[tuple[str, int], list[dict[str, float]]] = {}
             with ExitStack() as stack:
-                urls = {
-                    label: stack.enter_context(child(cmd, port) if cmd else _nothing(upstream)).url
+                servers = {
+                    label: stack.enter_context(child(cmd, port) if cmd else _nothing(upstream))
                     for label, cmd, port, *_ in targets
                 }
                 for _ in range(args.rounds):
                     for c in args.concurrency:
                         for label, _cmd, _port, path, body, ct in targets:
-                            url = urls[label] + path
+                            url = servers[label].url + path
+                            # (a) has no server in the middle: pid 0, no CPU figure.
+                            meter = CpuMeter(servers[label].pid)
                             rounds.setdefault((label, c), []).append(
-                                load_wrk(url, body, ct, c, args.seconds, tmp)
+                                load_wrk(url, body, ct, c, args.seconds, meter, tmp)
                                 if use_wrk
-                                else asyncio.run(load(url, body, ct, c, args.seconds))
+                                else asyncio.run(load(url, body, ct, c, args.seconds, meter))
                             )
     print(f"median of {args.rounds} interleaved rounds of {args.seconds:g} s per cell")
     print_table(rounds, [t[0] for t in targets], args.concurrency)
@@ -337,27 +410,36 @@ def _nothing(url: str) -> Iterator[Child]:
 
 
 def median_cell(cells: list[dict[str, float]]) -> dict[str, float]:
-    return {
-        key: statistics.median(cell[key] for cell in cells) for key in ("rps", "p50_ms", "p99_ms")
-    } | {"errors": sum(cell["errors"] for cell in cells)}
+    keys = ("rps", "p50_ms", "p99_ms", "cpu_us")
+    return {key: statistics.median(cell[key] for cell in cells) for key in keys} | {
+        "errors": sum(cell["errors"] for cell in cells)
+    }
+
+
+def _us(value: float) -> str:
+    return "-" if value != value else f"{value:.0f}"
 
 
 def print_table(
     rounds: dict[tuple[str, int], list[dict[str, float]]], labels: list[str], levels: list[int]
 ) -> None:
     results = {key: median_cell(cells) for key, cells in rounds.items()}
-    print(f"{'target':<20} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(
+        f"{'target':<20} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+        f" {'cpu µs/req':>11}"
+    )
     for c in levels:
         for label in labels:
             r = results[(label, c)]
             print(
                 f"{label:<20} {c:>5} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
-                f" {int(r['errors']):>7}"
+                f" {int(r['errors']):>7} {_us(r['cpu_us']):>11}"
             )
     print()
     for c in levels:
         a, b = results[("(a) direct", c)], results[("(b) bare aiohttp", c)]
         cc, d = results[("(c) serving-proxy", c)], results[("(d) proxy+httpx", c)]
+        floor = results[(FLOOR, c)]
         added_b = b["p50_ms"] - a["p50_ms"]
         added_c = cc["p50_ms"] - a["p50_ms"]
         print(
@@ -373,6 +455,13 @@ def print_table(
             )
         ]
         print(f"    c÷b per round: {', '.join(f'{x:.2f}' for x in per_round)}")
+        if floor["cpu_us"] == floor["cpu_us"]:
+            own = cc["cpu_us"] - floor["cpu_us"]
+            print(
+                f"    CPU per request: (b) {_us(b['cpu_us'])} µs, (e) floor {_us(floor['cpu_us'])}"
+                f" µs, (c) {_us(cc['cpu_us'])} µs; the proxy's own work (c − e) {own:.0f} µs;"
+                f" (c)÷(b) {cc['cpu_us'] / b['cpu_us']:.2f}"
+            )
 
 
 if __name__ == "__main__":
