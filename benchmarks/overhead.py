@@ -7,13 +7,15 @@ interleaved rounds: every server runs for the whole benchmark and each round mea
 target back to back, so a burst of other load on this shared machine hits them all) for:
   (a) the client straight to the upstream (new-protocol body);
   (b) a bare aiohttp pass-through with no translation (the floor for any Python proxy);
-  (c) serving-proxy translating a pandas-split request and its answer (aiohttp upstream);
+  (c) serving-proxy translating a pandas-split request and its answer, as `serve` runs it
+      (its own httptools upstream client, `proxy/http1.py`);
   (d) as (c) with httpx as the upstream client;
-  (e) the floor of the proxy's own stack: the same uvicorn server and aiohttp upstream
-      client as (c), forwarding with none of the proxy's work (no translation, routing,
-      middleware or reporting), so (c) − (e) is what the proxy itself costs;
-and the ratios c÷b (throughput), d÷c (throughput), and the p50 the proxy adds over (a)
-relative to what (b) adds. On Linux, each cell also shows the CPU time the server in the
+  (e) the floor of the proxy's own stack: the same uvicorn server and upstream client as
+      (c), forwarding with none of the proxy's work (no translation, routing, middleware or
+      reporting), so (c) − (e) is what the proxy itself costs;
+  (f) as (c) with aiohttp as the upstream client (`server.upstream_client: aiohttp`);
+and the ratios c÷b (throughput), d÷c, f÷c, and the p50 the proxy adds over (a) relative to
+what (b) adds. On Linux, each cell also shows the CPU time the server in the
 middle spent per request (from /proc, the measured seconds only): unlike throughput, it
 hardly moves when other load on a shared machine steals the cores. Then the translation
 cost alone for 1, 100 and 10,000-row frames against a stdlib-json baseline. Every server
@@ -51,7 +53,7 @@ ROWS = [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]]
 LEGACY_BODY = json.dumps({"columns": COLUMNS, "data": ROWS}).encode()
 LEGACY_CT = "application/json; format=pandas-split"
 NEW_BODY = json.dumps({"dataframe_split": {"columns": COLUMNS, "data": ROWS}}).encode()
-FLOOR = "(e) uvicorn+aiohttp"
+FLOOR = "(e) uvicorn+client"
 
 
 # --- (b): the bare pass-through, written here so nothing of the proxy is in it --------------
@@ -87,7 +89,7 @@ def serve_passthrough(port: int, upstream: str) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-# --- (c)/(d): serving-proxy with a chosen upstream client; (e): its stack alone -------------
+# --- (c)/(d)/(f): serving-proxy with a chosen upstream client; (e): its stack alone ---------
 
 
 def serve_proxy(port: int, config_path: str, client: str) -> None:
@@ -95,10 +97,11 @@ def serve_proxy(port: int, config_path: str, client: str) -> None:
 
     from proxy.app import create_app
     from proxy.config import load_config
-    from proxy.upstream import AiohttpUpstream, HttpxUpstream
+    from proxy.runtime import CLIENTS
+    from proxy.upstream import HttpxUpstream
 
     config = load_config(config_path, os.environ)
-    factory = HttpxUpstream if client == "httpx" else AiohttpUpstream
+    factory = HttpxUpstream if client == "httpx" else CLIENTS[client]
     app = create_app(config, upstream_factory=factory, on_complete=lambda record: None)
     from proxy.server import CoalescingHttpToolsProtocol, tune_gc
 
@@ -118,13 +121,15 @@ def serve_proxy(port: int, config_path: str, client: str) -> None:
 
 
 def serve_floor(port: int, upstream: str) -> None:
-    """(e): uvicorn as `serve` runs it, forwarding through `AiohttpUpstream`, nothing else."""
+    """(e): uvicorn as `serve` runs it, forwarding through the default upstream client and
+    doing nothing else."""
     import uvicorn
 
+    from proxy.http1 import HttptoolsUpstream
     from proxy.server import CoalescingHttpToolsProtocol, tune_gc
-    from proxy.upstream import AiohttpUpstream, UpstreamSettings
+    from proxy.upstream import UpstreamSettings
 
-    client = AiohttpUpstream(UpstreamSettings(upstream, 5.0, 30.0, 64, decompress=True))
+    client = HttptoolsUpstream(UpstreamSettings(upstream, 5.0, 30.0, 64, decompress=True))
     forwarded = [("content-type", "application/json")]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -325,7 +330,7 @@ def main() -> int:
     print(f"load generator: {'wrk' if use_wrk else 'aiohttp client'}; {os.cpu_count()} cores")
     py = sys.executable
     me = str(Path(__file__).resolve())
-    up_port, b_port, c_port, d_port, e_port = (free_port() for _ in range(5))
+    up_port, b_port, c_port, d_port, e_port, f_port = (free_port() for _ in range(6))
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "proxy.yaml"
         with child(
@@ -354,7 +359,7 @@ def main() -> int:
                 ),
                 (
                     "(c) serving-proxy",
-                    [py, me, "--serve-proxy", str(c_port), str(config_path), "aiohttp"],
+                    [py, me, "--serve-proxy", str(c_port), str(config_path), "httptools"],
                     c_port,
                     "/model/iris/1/invocations",
                     LEGACY_BODY,
@@ -375,6 +380,14 @@ def main() -> int:
                     "/invocations",
                     NEW_BODY,
                     "application/json",
+                ),
+                (
+                    "(f) proxy+aiohttp",
+                    [py, me, "--serve-proxy", str(f_port), str(config_path), "aiohttp"],
+                    f_port,
+                    "/model/iris/1/invocations",
+                    LEGACY_BODY,
+                    LEGACY_CT,
                 ),
             ]
             rounds: dict[tuple[str, int], list[dict[str, float]]] = {}
@@ -439,12 +452,12 @@ def print_table(
     for c in levels:
         a, b = results[("(a) direct", c)], results[("(b) bare aiohttp", c)]
         cc, d = results[("(c) serving-proxy", c)], results[("(d) proxy+httpx", c)]
-        floor = results[(FLOOR, c)]
+        floor, f = results[(FLOOR, c)], results[("(f) proxy+aiohttp", c)]
         added_b = b["p50_ms"] - a["p50_ms"]
         added_c = cc["p50_ms"] - a["p50_ms"]
         print(
             f"concurrency {c}: c÷b throughput {cc['rps'] / b['rps']:.2f} (target ≥ 0.70); "
-            f"d÷c throughput {d['rps'] / cc['rps']:.2f}; "
+            f"d÷c throughput {d['rps'] / cc['rps']:.2f}; f÷c {f['rps'] / cc['rps']:.2f}; "
             f"p50 added c vs b {added_c:.2f} ms vs {added_b:.2f} ms "
             f"= {added_c / added_b if added_b > 0 else float('nan'):.2f}× (target ≤ 1.5)"
         )

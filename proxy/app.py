@@ -128,8 +128,8 @@ def create_app(
 
     Args:
         config: the validated, frozen config.
-        upstream_factory: builds one `Upstream` per backend pool (default aiohttp);
-            benchmarks pass `HttpxUpstream`.
+        upstream_factory: builds one `Upstream` per backend pool (default: the one
+            `server.upstream_client` names); benchmarks pass `HttpxUpstream`.
         on_complete: called with every finished record (default: the access log); the
             metrics and statistics see every record either way.
         registry: the Prometheus registry for this app's collectors (default: a fresh one).

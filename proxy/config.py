@@ -325,6 +325,9 @@ class ServerConfig(_Frozen):
     graceful_shutdown_s: float = Field(DEFAULT_GRACEFUL_SHUTDOWN_S, ge=0)
     # Peers whose X-Forwarded-For is believed (uvicorn's forwarded_allow_ips).
     trusted_proxies: tuple[str, ...] = ()
+    # The upstream HTTP client: the proxy's own on httptools (the default; proxy.http1 says
+    # why), or aiohttp's, kept selectable as a fallback.
+    upstream_client: Literal["httptools", "aiohttp"] = "httptools"
 
 
 class LoggingConfig(_Frozen):

@@ -15,12 +15,15 @@ from proxy.compare import Comparison, Tolerance, Verdict
 from proxy.config import ProxyConfig
 from proxy.cutover import Cutover
 from proxy.errors import Overloaded
+from proxy.http1 import HttptoolsUpstream
 from proxy.models import ModelRef
 from proxy.protocol import paths
 from proxy.shadow import Shadow
 from proxy.upstream import AiohttpUpstream, Upstream, UpstreamSettings
 
 UpstreamFactory = Callable[[UpstreamSettings], Upstream]
+# `server.upstream_client` → the class that builds each pool.
+CLIENTS: dict[str, UpstreamFactory] = {"httptools": HttptoolsUpstream, "aiohttp": AiohttpUpstream}
 # Bounds the per-runtime memo tables below: a model without `versions:` accepts any
 # numeric version, so the keys are the clients' choice.
 MEMO_SIZE = 1024
@@ -60,7 +63,7 @@ class Admission:
 class Runtime:
     config: ProxyConfig
     targets: dict[str, ModelTargets]
-    upstream_factory: UpstreamFactory = AiohttpUpstream
+    upstream_factory: UpstreamFactory = HttptoolsUpstream
     upstreams: dict[UpstreamSettings, Upstream] = field(default_factory=dict)
     in_flight: int = 0
     # Told +1/-1 as requests are admitted and leave (issue 4's in-flight gauge).
@@ -92,7 +95,9 @@ class Runtime:
 
     @classmethod
     def build(cls, config: ProxyConfig, factory: UpstreamFactory | None = None) -> Runtime:
-        runtime = cls(config, build_targets(config), factory or AiohttpUpstream)
+        if factory is None:
+            factory = CLIENTS[config.server.upstream_client]
+        runtime = cls(config, build_targets(config), factory)
         # Open every pool now so the first request pays no set-up.
         for targets in runtime.targets.values():
             for target in (targets.serverless, targets.legacy):

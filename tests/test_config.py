@@ -110,6 +110,11 @@ def test_yaml_ints_become_version_strings() -> None:
             "backends.serverless.token_env",
             id="bad-env-name",
         ),
+        pytest.param(
+            {"server": {"upstream_client": "httpx"}},
+            "server.upstream_client",
+            id="unknown-upstream-client",
+        ),
     ],
 )
 def test_bad_config_names_key_and_file(change: dict[str, Any], needle: str) -> None:

@@ -19,6 +19,7 @@ from proxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from proxy.http1 import HttptoolsUpstream
 from proxy.simulator import Faults, create_simulator_app, serve_broken
 from proxy.upstream import (
     AIOHTTP_ERRORS,
@@ -33,7 +34,15 @@ from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
-FACTORIES: list[Callable[[UpstreamSettings], Upstream]] = [AiohttpUpstream, HttpxUpstream]
+FACTORIES: list[Callable[[UpstreamSettings], Upstream]] = [
+    HttptoolsUpstream,
+    AiohttpUpstream,
+    HttpxUpstream,
+]
+# The clients `server.upstream_client` can choose: the whole seam contract holds for each.
+PRODUCT_CLIENTS = pytest.mark.parametrize(
+    "factory", [HttptoolsUpstream, AiohttpUpstream], ids=["httptools", "aiohttp"]
+)
 
 
 def settings(origin: str, *, total: float = 5.0) -> UpstreamSettings:
@@ -89,7 +98,7 @@ def serverless() -> LiveServer:
         yield server
 
 
-@pytest.mark.parametrize("factory", FACTORIES, ids=["aiohttp", "httpx"])
+@pytest.mark.parametrize("factory", FACTORIES, ids=["httptools", "aiohttp", "httpx"])
 async def test_send_returns_the_reply(
     serverless: LiveServer, factory: Callable[[UpstreamSettings], Upstream]
 ) -> None:
@@ -109,10 +118,11 @@ async def test_send_returns_the_reply(
     assert reply.elapsed_s > 0
 
 
-async def test_slow_upstream_is_a_timeout() -> None:
+@PRODUCT_CLIENTS
+async def test_slow_upstream_is_a_timeout(factory: Callable[[UpstreamSettings], Upstream]) -> None:
     app = create_simulator_app("serverless", faults=Faults(delay_ms=2000))
     with LiveServer(app) as server:
-        upstream = AiohttpUpstream(settings(server.url, total=0.2))
+        upstream = factory(settings(server.url, total=0.2))
         try:
             with pytest.raises(UpstreamTimeout):
                 await upstream.send("POST", "/invocations", [], b'{"inputs": [1]}')
@@ -120,11 +130,14 @@ async def test_slow_upstream_is_a_timeout() -> None:
             await upstream.aclose()
 
 
-async def test_closed_port_is_a_connect_error() -> None:
+@PRODUCT_CLIENTS
+async def test_closed_port_is_a_connect_error(
+    factory: Callable[[UpstreamSettings], Upstream],
+) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    upstream = AiohttpUpstream(settings(f"http://127.0.0.1:{port}"))
+    upstream = factory(settings(f"http://127.0.0.1:{port}"))
     try:
         with pytest.raises(UpstreamConnectError):
             await upstream.send("POST", "/invocations", [], b"{}")
@@ -140,9 +153,12 @@ async def test_closed_port_is_a_connect_error() -> None:
         ("hang", UpstreamTimeout),
     ],
 )
-async def test_broken_servers(mode: str, expected: type[ProxyError]) -> None:
+@PRODUCT_CLIENTS
+async def test_broken_servers(
+    mode: str, expected: type[ProxyError], factory: Callable[[UpstreamSettings], Upstream]
+) -> None:
     async with serve_broken(mode) as url:  # type: ignore[arg-type]
-        upstream = AiohttpUpstream(settings(url, total=0.5))
+        upstream = factory(settings(url, total=0.5))
         try:
             with pytest.raises(expected):
                 await upstream.send("POST", "/invocations", [], b"{}")
@@ -150,7 +166,10 @@ async def test_broken_servers(mode: str, expected: type[ProxyError]) -> None:
             await upstream.aclose()
 
 
-async def test_no_cookie_is_replayed_across_requests() -> None:
+@PRODUCT_CLIENTS
+async def test_no_cookie_is_replayed_across_requests(
+    factory: Callable[[UpstreamSettings], Upstream],
+) -> None:
     """GHSA-7vwr-g6pm-9hc8: a shared pool must not carry one client's cookie to the next."""
 
     async def endpoint(request: Request) -> Response:
@@ -160,7 +179,7 @@ async def test_no_cookie_is_replayed_across_requests() -> None:
 
     app = Starlette(routes=[Route("/c", endpoint, methods=["POST"])])
     with LiveServer(app) as server:
-        upstream = AiohttpUpstream(settings(server.url))
+        upstream = factory(settings(server.url))
         try:
             first = await upstream.send("POST", "/c", [], b"")
             second = await upstream.send("POST", "/c", [], b"")
@@ -170,13 +189,16 @@ async def test_no_cookie_is_replayed_across_requests() -> None:
     assert second.body == b'{"cookie":null}'
 
 
-async def test_aiohttp_adds_no_headers_of_its_own() -> None:
+@PRODUCT_CLIENTS
+async def test_the_client_adds_no_headers_of_its_own(
+    factory: Callable[[UpstreamSettings], Upstream],
+) -> None:
     async def endpoint(request: Request) -> Response:
         return JSONResponse(sorted(request.headers.keys()))
 
     app = Starlette(routes=[Route("/h", endpoint, methods=["POST"])])
     with LiveServer(app) as server:
-        upstream = AiohttpUpstream(settings(server.url))
+        upstream = factory(settings(server.url))
         try:
             reply = await upstream.send("POST", "/h", [("x-a", "1")], b"abc")
         finally:
