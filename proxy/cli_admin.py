@@ -8,7 +8,7 @@
 
 The proxy is `--url` (default `$SERVING_PROXY_URL`, else http://127.0.0.1:8080); the token
 is `$SERVING_PROXY_ADMIN_TOKEN`, never a flag, so it stays out of shell history and `ps`.
-httpx is the control-plane client (architecture: aiohttp is for the hot path only).
+httpx is the control-plane client (the hot path has its own: proxy/http1.py).
 """
 
 from __future__ import annotations
