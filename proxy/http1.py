@@ -66,6 +66,18 @@ class _Closed(Exception):
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; carries one exchange at a time."""
 
+    # The current exchange (set by `_reset`).
+    _head_only: bool
+    _received: bool
+    _head_bytes: int
+    _framed: bool
+    _interim: bool
+    _keep_alive: bool
+    complete: bool
+    status: int
+    headers: list[tuple[str, str]]
+    body: list[bytes]
+
     def __init__(self, on_lost: Callable[[_Connection], None]) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -75,23 +87,11 @@ class _Connection(asyncio.Protocol):
         self._on_lost = on_lost
         self._waiter: asyncio.Future[None] | None = None
         self._parser: httptools.HttpResponseParser | None = None
-        self._head_only = False
-        self._received = False
-        self._head_bytes = 0
-        self._framed = False
-        self._interim = False
-        self._keep_alive = False
-        self.complete = False
-        self.status = 0
-        self.headers: list[tuple[str, str]] = []
-        self.body: list[bytes] = []
+        self._reset(head_only=False)
 
     # --- one exchange -------------------------------------------------------------------
 
-    def begin(self, loop: asyncio.AbstractEventLoop, head_only: bool) -> asyncio.Future[None]:
-        # A parser per exchange: after a HEAD reply (Content-Length, no body) the old one
-        # would still wait for body bytes that never come.
-        self._parser = httptools.HttpResponseParser(self)
+    def _reset(self, *, head_only: bool) -> None:
         self._head_only = head_only
         self._received = False
         self._head_bytes = 0
@@ -102,6 +102,12 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers = []
         self.body = []
+
+    def begin(self, loop: asyncio.AbstractEventLoop, head_only: bool) -> asyncio.Future[None]:
+        # A parser per exchange: after a HEAD reply (Content-Length, no body) the old one
+        # would still wait for body bytes that never come.
+        self._parser = httptools.HttpResponseParser(self)
+        self._reset(head_only=head_only)
         self._waiter = waiter = loop.create_future()
         return waiter
 
