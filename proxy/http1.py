@@ -204,6 +204,10 @@ class _Connection(asyncio.Protocol):
         if self._interim:
             self._interim = False
             return
+        if self.complete:
+            # A second reply to one request: the stream can no longer be trusted.
+            self._keep_alive = False
+            return
         # Read it now: llhttp resets its flags as the callback returns.
         assert self._parser is not None
         self._keep_alive = self._parser.should_keep_alive()

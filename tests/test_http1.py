@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy import http1
 from proxy.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from proxy.http1 import HttptoolsUpstream
 from proxy.upstream import UpstreamSettings
@@ -274,12 +275,13 @@ async def test_a_connection_the_server_closes_while_idle_leaves_the_pool() -> No
 async def test_chunked_replies_are_joined() -> None:
     chunked = (
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n"
-        b"\r\n3\r\n[1,\r\n3\r\n 2]\r\n0\r\n\r\n"
+        b"\r\n3\r\n[1,\r\n3\r\n 2]\r\n0\r\nx-trailer: t\r\n\r\n"
     )
     async with scripted(await always(chunked)) as (url, script), client(url) as upstream:
         first = await upstream.send("POST", "/invocations", [], b"{}")
         second = await upstream.send("POST", "/invocations", [], b"{}")
     assert first.body == second.body == b"[1, 2]"
+    assert first.header("x-trailer") is None  # a trailer is not part of the head
     assert script.connections == 1
 
 
@@ -423,3 +425,60 @@ async def test_https_verifies_the_server_certificate(
         async with client(url) as upstream:
             reply = await upstream.send("POST", "/invocations", [], b"{}")
     assert (reply.status, reply.body) == (200, b"[]")
+
+
+async def test_a_connection_idle_too_long_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http1, "IDLE_S", 0.0)
+    async with scripted(await always(OK)) as (url, script), client(url) as upstream:
+        await upstream.send("POST", "/invocations", [], b"{}")
+        await upstream.send("POST", "/invocations", [], b"{}")
+        assert upstream._open == 1
+    assert [r.connection for r in script.requests] == [1, 2]
+
+
+async def test_bytes_on_an_idle_connection_retire_it() -> None:
+    async def answer_twice(request: Request) -> bytes:
+        return OK + b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"  # one reply too many
+
+    async with scripted(answer_twice) as (url, script), client(url) as upstream:
+        await upstream.send("POST", "/invocations", [], b"{}")
+        for _ in range(200):
+            if not upstream._idle:
+                break
+            await asyncio.sleep(0.01)
+        assert (await upstream.send("POST", "/invocations", [], b"{}")).body == b"[]"
+    assert [r.connection for r in script.requests] == [1, 2]
+
+
+async def test_a_closed_connection_frees_its_slot_for_a_waiting_request() -> None:
+    closing = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n[]"
+
+    async def slow_close(request: Request) -> bytes:
+        await asyncio.sleep(0.05)
+        return Closing(closing)
+
+    async with scripted(slow_close) as (url, script), client(url, pool=1) as upstream:
+        replies = await asyncio.gather(
+            *(upstream.send("POST", "/invocations", [], b"{}") for _ in range(3))
+        )
+    assert [r.status for r in replies] == [200, 200, 200]
+    assert script.connections == 3
+    assert script.most_open == 1
+
+
+async def test_closing_the_pool_fails_the_requests_waiting_for_a_connection() -> None:
+    async def hang(request: Request) -> bytes:
+        await asyncio.sleep(30)
+        return OK
+
+    async with scripted(hang) as (url, _):
+        upstream = HttptoolsUpstream(settings(url, pool=1))
+        first = asyncio.ensure_future(upstream.send("POST", "/invocations", [], b"{}"))
+        waiting = asyncio.ensure_future(upstream.send("POST", "/invocations", [], b"{}"))
+        await asyncio.sleep(0.05)
+        await upstream.aclose()
+        with pytest.raises(UpstreamConnectError):
+            await waiting
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
