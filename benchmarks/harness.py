@@ -6,6 +6,7 @@ Each server is a child process on 127.0.0.1, ready when its port accepts (and, g
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -116,3 +117,66 @@ def child(
             process.wait(10)
         if out is not None:
             out.close()
+
+
+# --- wrk: a load generator in C, so the client costs the machine little ------------------
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "{content_type}"
+"""
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    """Requests/sec and the 50%/99% latency lines of `wrk --latency` output."""
+    units = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+    def ms(token: str) -> float:
+        for unit in ("us", "ms", "s"):
+            if token.endswith(unit):
+                return float(token[: -len(unit)]) * units[unit]
+        raise ValueError(token)
+
+    out: dict[str, float] = {"errors": 0.0, "n": 0.0}
+    for line in text.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            out["rps"] = float(parts[1])
+        elif parts[:1] == ["50%"]:
+            out["p50_ms"] = ms(parts[1])
+        elif parts[:1] == ["99%"]:
+            out["p99_ms"] = ms(parts[1])
+        elif "requests in" in line:
+            out["n"] = float(parts[0])
+        elif line.strip().startswith("Non-2xx"):
+            out["errors"] = float(parts[-1])
+    return out
+
+
+def load_wrk(
+    url: str,
+    body: bytes,
+    content_type: str,
+    concurrency: int,
+    seconds: float,
+    meter: CpuMeter,
+    tmp: str,
+) -> dict[str, float]:
+    """The same measurement with wrk (C, one thread): the client costs the machine less."""
+    script = Path(tmp) / f"post-{abs(hash((url, concurrency)))}.lua"
+    script.write_text(WRK_SCRIPT.format(body=json.dumps(body.decode()), content_type=content_type))
+    base = ["wrk", "-t1", f"-c{concurrency}", "-s", str(script)]
+    subprocess.run([*base, "-d1s", url], capture_output=True, check=True, timeout=30)
+    meter.start()
+    done = subprocess.run(
+        [*base, f"-d{max(1, round(seconds))}s", "--latency", url],
+        capture_output=True,
+        check=True,
+        text=True,
+        timeout=seconds + 30,
+    )
+    meter.stop()
+    cell = parse_wrk(done.stdout)
+    return cell | {"cpu_us": meter.per_request(cell["n"])}

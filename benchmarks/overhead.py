@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import Child, CpuMeter, child, free_port  # noqa: E402
+from benchmarks.harness import Child, CpuMeter, child, free_port, load_wrk  # noqa: E402
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 ROWS = [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]]
@@ -203,66 +202,6 @@ async def load(
         "n": len(latencies),
         "cpu_us": meter.per_request(len(latencies)),
     }
-
-
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.body = {body}
-wrk.headers["Content-Type"] = "{content_type}"
-"""
-
-
-def parse_wrk(text: str) -> dict[str, float]:
-    """Requests/sec and the 50%/99% latency lines of `wrk --latency` output."""
-    units = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-    def ms(token: str) -> float:
-        for unit in ("us", "ms", "s"):
-            if token.endswith(unit):
-                return float(token[: -len(unit)]) * units[unit]
-        raise ValueError(token)
-
-    out: dict[str, float] = {"errors": 0.0, "n": 0.0}
-    for line in text.splitlines():
-        parts = line.split()
-        if line.startswith("Requests/sec:"):
-            out["rps"] = float(parts[1])
-        elif parts[:1] == ["50%"]:
-            out["p50_ms"] = ms(parts[1])
-        elif parts[:1] == ["99%"]:
-            out["p99_ms"] = ms(parts[1])
-        elif "requests in" in line:
-            out["n"] = float(parts[0])
-        elif line.strip().startswith("Non-2xx"):
-            out["errors"] = float(parts[-1])
-    return out
-
-
-def load_wrk(
-    url: str,
-    body: bytes,
-    content_type: str,
-    concurrency: int,
-    seconds: float,
-    meter: CpuMeter,
-    tmp: str,
-) -> dict[str, float]:
-    """The same measurement with wrk (C, one thread): the client costs the machine less."""
-    script = Path(tmp) / f"post-{abs(hash((url, concurrency)))}.lua"
-    script.write_text(WRK_SCRIPT.format(body=json.dumps(body.decode()), content_type=content_type))
-    base = ["wrk", "-t1", f"-c{concurrency}", "-s", str(script)]
-    subprocess.run([*base, "-d1s", url], capture_output=True, check=True, timeout=30)
-    meter.start()
-    done = subprocess.run(
-        [*base, f"-d{max(1, round(seconds))}s", "--latency", url],
-        capture_output=True,
-        check=True,
-        text=True,
-        timeout=seconds + 30,
-    )
-    meter.stop()
-    cell = parse_wrk(done.stdout)
-    return cell | {"cpu_us": meter.per_request(cell["n"])}
 
 
 def translation_table(repeat: int) -> list[tuple[int, float, float]]:

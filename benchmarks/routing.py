@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -43,7 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import Child, CpuMeter, child, free_port  # noqa: E402
+from benchmarks.harness import Child, CpuMeter, child, free_port, load_wrk  # noqa: E402
 
 BODY = b'{"columns": ["a", "b", "c", "d"], "data": [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4]]}'
 CONTENT_TYPE = "application/json; format=pandas-split"
@@ -207,7 +208,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="per cell and round")
     parser.add_argument("--rounds", type=int, default=5, help="cells are interleaved")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--client",
+        choices=["auto", "wrk", "aiohttp"],
+        default="auto",
+        help="load generator: wrk when installed (apt-get install wrk), else an aiohttp loop",
+    )
     args = parser.parse_args()
+    # A Python client spends about as much CPU per request as the proxy does, on the same
+    # two cores: wrk leaves the machine to the servers, so the ratios measure the proxy.
+    use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))
+    print(f"load generator: {'wrk' if use_wrk else 'aiohttp client'}; {os.cpu_count()} cores")
     decision_cost()
     path = "/model/iris/1/invocations"
     cells: dict[str, list[dict[str, float]]] = {"base": [], "mirrored": [], "slow": []}
@@ -229,8 +240,13 @@ def main() -> int:
                     ("slow", slow_proxy),
                 ):
                     meter = CpuMeter(server.pid)
+                    url = server.url + path
                     cells[name].append(
-                        asyncio.run(load(server.url + path, args.concurrency, args.seconds, meter))
+                        load_wrk(
+                            url, BODY, CONTENT_TYPE, args.concurrency, args.seconds, meter, tmp
+                        )
+                        if use_wrk
+                        else asyncio.run(load(url, args.concurrency, args.seconds, meter))
                     )
             mirrored_results = shadow_results(mirrored_proxy.url)
             slow_results = shadow_results(slow_proxy.url)
