@@ -17,7 +17,9 @@ Cells 2 and 3 run in --rounds interleaved rounds; each figure is the median roun
 each ratio the median of the rounds' own ratios (both cells of a round measured back to
 back), since one round on this shared machine can be far luckier or slower than the rest.
 Every server is a child process on 127.0.0.1 (the proxy through its real CLI), stopped by
-its PID; every cell is bounded by --seconds. Figures, not assertions: pytest never times.
+its PID; every cell is bounded by --seconds. The load comes from wrk when it is installed
+(else an aiohttp loop, which competes with the proxy for the cores and understates what
+shadowing costs). Figures, not assertions: pytest never times.
 """
 
 from __future__ import annotations
