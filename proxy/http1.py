@@ -16,10 +16,11 @@ were measured too; neither came close.
 
 What this client does, and what it deliberately does not:
 - pools: at most `pool_size` connections per origin, reused most-recent first. A
-  connection idle longer than `IDLE_S` is closed rather than reused, since servers drop
-  idle keep-alive connections on their own timer (uvicorn's default is 5 s). A request
-  whose reused connection turns out closed before any reply byte arrives is sent once
-  more on a fresh connection: the server never read it (urllib3 and Envoy do the same);
+  connection the server closes while idle leaves the pool at once; one idle longer than
+  `IDLE_S` is closed rather than reused. A request whose reused connection turns out
+  closed before any reply byte arrives is sent once more on a fresh connection. Almost
+  always the server closed it as the request went out (Go's net/http retries that case
+  too); should the server have read it and died, scoring has no side effects to repeat;
 - replies framed by Content-Length, chunked, or the end of the connection; 1xx interim
   replies are skipped; HEAD, 204 and 304 replies carry no body;
 - with `decompress` (translated replies, which the proxy parses), gzip and deflate bodies
@@ -47,9 +48,11 @@ from proxy.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTi
 from proxy.models import UpstreamReply
 from proxy.upstream import Headers, UpstreamSettings
 
-# Below uvicorn's 5 s keep-alive (MLflow 3's scoring server): we drop an idle connection
-# before the server does, so the stale-connection race stays rare.
-IDLE_S = 4.0
+# aiohttp's default. A server that closes sooner (uvicorn after 5 s, gunicorn after 2 s)
+# sends its FIN first and the connection leaves the pool then; the rare request that
+# races that close is sent once more (`send`). Shorter would cost a TLS handshake per
+# request to a model called every few seconds.
+IDLE_S = 15.0
 MAX_HEAD_BYTES = 64 * 1024
 # aiohttp sends Content-Length for these even when the body is empty, as does curl.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
