@@ -5,9 +5,9 @@ buffered request and returns the whole reply, or raises a `ProxyError` (UF, UT, 
 
 Why not aiohttp, the first choice (`upstream.AiohttpUpstream`, still selectable with
 `server.upstream_client: aiohttp`): measured on these 2-core machines, its client path
-cost 200–240 µs of CPU per request, a raw httptools exchange 88 µs, and the whole proxy
-with this client used 284–327 µs per request against 481–630 µs with aiohttp (wrk, 32
-connections). The proxy needs one narrow slice of HTTP/1.1: a buffered body with a
+cost 200–240 µs of CPU per request against 88 µs for a raw httptools exchange, and in
+`benchmarks/overhead.py` (32 connections) the proxy used 327–355 µs of CPU per request
+with this client and 477 µs with aiohttp's. The proxy needs one narrow slice of HTTP/1.1: a buffered body with a
 Content-Length, a reply read whole, keep-alive. For that slice the well-kept parts do
 the work: httptools (llhttp, the parser uvicorn runs for our server side) frames every
 reply, and asyncio carries the bytes and TLS. What is written here is the request head,
