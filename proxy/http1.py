@@ -7,12 +7,12 @@ Why not aiohttp, the first choice (`upstream.AiohttpUpstream`, still selectable 
 `server.upstream_client: aiohttp`): measured on these 2-core machines, its client path
 cost 200–240 µs of CPU per request against 88 µs for a raw httptools exchange, and in
 `benchmarks/overhead.py` (32 connections) the proxy used 327–355 µs of CPU per request
-with this client and 477 µs with aiohttp's. The proxy needs one narrow slice of HTTP/1.1: a buffered body with a
-Content-Length, a reply read whole, keep-alive. For that slice the well-kept parts do
-the work: httptools (llhttp, the parser uvicorn runs for our server side) frames every
-reply, and asyncio carries the bytes and TLS. What is written here is the request head,
-the pool and the timeouts. aiosonic (278 µs) and pyreqwest (176 µs, across its threads)
-were measured too; neither came close.
+with this client and 477 µs with aiohttp's. The proxy needs one narrow slice of
+HTTP/1.1: a buffered body with a Content-Length, a reply read whole, keep-alive. For that
+slice the well-kept parts do the work: httptools (llhttp, the parser uvicorn runs for our
+server side) frames every reply, and asyncio carries the bytes and TLS. What is written
+here is the request head, the pool and the timeouts. aiosonic (278 µs) and pyreqwest
+(176 µs, across its threads) were measured too; neither came close.
 
 What this client does, and what it deliberately does not:
 - pools: at most `pool_size` connections per origin, reused most-recent first. A
