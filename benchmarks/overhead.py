@@ -92,8 +92,6 @@ def serve_passthrough(port: int, upstream: str) -> None:
 
 
 def serve_proxy(port: int, config_path: str, client: str) -> None:
-    import uvicorn
-
     from proxy.app import create_app
     from proxy.config import load_config
     from proxy.runtime import CLIENTS
@@ -102,30 +100,34 @@ def serve_proxy(port: int, config_path: str, client: str) -> None:
     config = load_config(config_path, os.environ)
     factory = HttpxUpstream if client == "httpx" else CLIENTS[client]
     app = create_app(config, upstream_factory=factory, on_complete=lambda record: None)
+    _run_as_serve_does(app, port)
+
+
+def _run_as_serve_does(app: Any, port: int, **extra: Any) -> None:
+    """uvicorn with the server settings and GC tuning `serving-proxy serve` uses."""
+    import uvicorn
+
     from proxy.server import CoalescingHttpToolsProtocol, tune_gc
 
-    tune_gc()  # as `serve` does
-
+    tune_gc()
     uvicorn.run(
         app,
         host="127.0.0.1",
         port=port,
         loop="uvloop",
-        http=CoalescingHttpToolsProtocol,  # as `serving-proxy serve` runs it
+        http=CoalescingHttpToolsProtocol,
         log_level="warning",
         access_log=False,
         server_header=False,
         proxy_headers=False,  # as `serve` runs it when the config names no trusted proxy
+        **extra,
     )
 
 
 def serve_floor(port: int, upstream: str) -> None:
     """(e): uvicorn as `serve` runs it, forwarding through the default upstream client and
     doing nothing else."""
-    import uvicorn
-
     from proxy.http1 import HttptoolsUpstream
-    from proxy.server import CoalescingHttpToolsProtocol, tune_gc
     from proxy.upstream import UpstreamSettings
 
     client = HttptoolsUpstream(UpstreamSettings(upstream, 5.0, 30.0, 64, decompress=True))
@@ -145,19 +147,7 @@ def serve_floor(port: int, upstream: str) -> None:
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 
-    tune_gc()
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http=CoalescingHttpToolsProtocol,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        lifespan="off",
-    )
+    _run_as_serve_does(app, port, lifespan="off")
 
 
 # --- measuring: the load generator and the CPU meter ---------------------------------------
