@@ -46,7 +46,7 @@ import httptools
 
 from proxy.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from proxy.models import UpstreamReply
-from proxy.upstream import Headers, UpstreamSettings
+from proxy.upstream import Headers, UpstreamSettings, content_coding, decode_content
 
 # aiohttp's default. A server that closes sooner (uvicorn after 5 s, gunicorn after 2 s)
 # sends its FIN first and the connection leaves the pool then; the rare request that
@@ -432,21 +432,14 @@ def _expire_waiter(waiter: asyncio.Future[_Connection | None]) -> None:
 
 def _decoded(headers: list[tuple[str, str]], body: bytes) -> tuple[list[tuple[str, str]], bytes]:
     """A reply's body without its Content-Encoding, for replies the proxy will parse."""
-    coding = next((v for k, v in headers if k.lower() == "content-encoding"), None)
+    coding = content_coding(headers)
     if coding is None:
         return headers, body
-    coding = coding.strip().lower()
     try:
-        if coding in ("gzip", "x-gzip"):
-            body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        elif coding == "deflate":
-            try:
-                body = zlib.decompress(body)
-            except zlib.error:  # raw deflate, as some servers send it
-                body = zlib.decompress(body, -zlib.MAX_WBITS)
-        elif coding != "identity":
-            raise UpstreamProtocolError(f"cannot decode Content-Encoding {coding!r}")
+        decoded = decode_content(coding, body)
     except zlib.error as exc:
         raise UpstreamProtocolError("reply body does not match its Content-Encoding") from exc
+    if decoded is None:
+        raise UpstreamProtocolError(f"cannot decode Content-Encoding {coding!r}")
     kept = [(k, v) for k, v in headers if k.lower() not in ("content-encoding", "content-length")]
-    return kept, body
+    return kept, decoded

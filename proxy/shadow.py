@@ -33,6 +33,7 @@ from proxy.errors import (
     UpstreamTimeout,
 )
 from proxy.models import Backend, Reply
+from proxy.upstream import content_coding, decode_content
 
 LOGGER = logging.getLogger("serving_proxy.shadow")
 # A shadow call that could not produce an answer: the backend's fault, not the request's.
@@ -169,20 +170,16 @@ class ParityCounts:
 
 
 def decoded_body(reply: Reply) -> bytes:
-    """A pass-through reply's bytes without their Content-Encoding, for comparing."""
-    encoding = ""
-    for name, value in reply.headers:  # none at all on a translated reply
-        if name.lower() == "content-encoding":
-            encoding = value.strip().lower()
-            break
+    """A pass-through reply's bytes without their Content-Encoding, for comparing (as
+    received when the coding is unknown or the bytes are not in it)."""
+    coding = content_coding(reply.headers)  # a translated reply has no headers at all
+    if coding is None:
+        return reply.body
     try:
-        if encoding in ("gzip", "x-gzip"):
-            return zlib.decompress(reply.body, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            return zlib.decompress(reply.body)
+        decoded = decode_content(coding, reply.body)
     except zlib.error:
         return reply.body
-    return reply.body
+    return reply.body if decoded is None else decoded
 
 
 def answer_of(reply: Reply) -> Answer:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,6 +75,32 @@ HTTPX_ERRORS: ErrorTable = (
     (httpx.NetworkError, UpstreamConnectError),
     (httpx.HTTPError, UpstreamProtocolError),
 )
+
+
+def content_coding(headers: Iterable[tuple[str, str]]) -> str | None:
+    """A reply's Content-Encoding, trimmed and lower-cased; None when it names none."""
+    for name, value in headers:
+        if name.lower() == "content-encoding":
+            return value.strip().lower()
+    return None
+
+
+def decode_content(coding: str, body: bytes) -> bytes | None:
+    """`body` without the Content-Encoding `coding`; None for a coding the proxy cannot read.
+
+    Raises:
+        zlib.error: the bytes are not in that coding.
+    """
+    if coding == "identity":
+        return body
+    if coding in ("gzip", "x-gzip"):
+        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    if coding == "deflate":
+        try:
+            return zlib.decompress(body)
+        except zlib.error:  # raw deflate, without the zlib wrapper, as some servers send it
+            return zlib.decompress(body, -zlib.MAX_WBITS)
+    return None
 
 
 def map_exception(exc: BaseException, table: ErrorTable) -> ProxyError | None:
