@@ -129,7 +129,7 @@ async def client(origin: str, **kwargs: float | bool) -> AsyncIterator[Httptools
         await upstream.aclose()
 
 
-async def always(reply: bytes) -> Answer:
+def always(reply: bytes) -> Answer:
     async def answer(request: Request) -> bytes:
         return reply
 
@@ -137,7 +137,7 @@ async def always(reply: bytes) -> Answer:
 
 
 async def test_one_connection_carries_sequential_requests() -> None:
-    async with scripted(await always(OK)) as (url, script), client(url) as upstream:
+    async with scripted(always(OK)) as (url, script), client(url) as upstream:
         for _ in range(3):
             reply = await upstream.send("POST", "/invocations", [], b"{}")
             assert (reply.status, reply.body) == (200, b"[]")
@@ -146,7 +146,7 @@ async def test_one_connection_carries_sequential_requests() -> None:
 
 
 async def test_the_request_is_written_as_given_plus_host_and_length() -> None:
-    async with scripted(await always(OK)) as (url, script), client(url) as upstream:
+    async with scripted(always(OK)) as (url, script), client(url) as upstream:
         await upstream.send("POST", "/m/1/invocations?x=1", [("x-a", "b c")], b'{"a": 1}')
     request = script.requests[0]
     lines = request.head.split(b"\r\n")
@@ -157,13 +157,13 @@ async def test_the_request_is_written_as_given_plus_host_and_length() -> None:
 
 
 async def test_a_path_in_the_origin_prefixes_every_request() -> None:
-    async with scripted(await always(OK)) as (url, script), client(url + "/base/") as upstream:
+    async with scripted(always(OK)) as (url, script), client(url + "/base/") as upstream:
         await upstream.send("POST", "/invocations", [], b"{}")
     assert script.requests[0].head.startswith(b"POST /base/invocations HTTP/1.1\r\n")
 
 
 async def test_get_without_a_body_sends_no_content_length() -> None:
-    async with scripted(await always(OK)) as (url, script), client(url) as upstream:
+    async with scripted(always(OK)) as (url, script), client(url) as upstream:
         await upstream.send("GET", "/ping", [], b"")
         await upstream.send("POST", "/invocations", [], b"")
     assert b"content-length" not in script.requests[0].head
@@ -175,7 +175,7 @@ async def test_get_without_a_body_sends_no_content_length() -> None:
     [("x-a", "1\r\nx-injected: 2"), ("x-a", "1\nx"), ("x-a", "1\rx"), ("x\r\ny", "1")],
 )
 async def test_a_line_break_in_a_header_is_never_sent(name: str, value: str) -> None:
-    async with scripted(await always(OK)) as (url, script), client(url) as upstream:
+    async with scripted(always(OK)) as (url, script), client(url) as upstream:
         with pytest.raises(ValueError, match="CR or LF"):
             await upstream.send("POST", "/invocations", [(name, value)], b"{}")
         assert script.requests == []
@@ -277,7 +277,7 @@ async def test_chunked_replies_are_joined() -> None:
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n"
         b"\r\n3\r\n[1,\r\n3\r\n 2]\r\n0\r\nx-trailer: t\r\n\r\n"
     )
-    async with scripted(await always(chunked)) as (url, script), client(url) as upstream:
+    async with scripted(always(chunked)) as (url, script), client(url) as upstream:
         first = await upstream.send("POST", "/invocations", [], b"{}")
         second = await upstream.send("POST", "/invocations", [], b"{}")
     assert first.body == second.body == b"[1, 2]"
@@ -287,7 +287,7 @@ async def test_chunked_replies_are_joined() -> None:
 
 async def test_a_reply_without_length_ends_with_the_connection() -> None:
     http10 = Closing(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
-    async with scripted(await always(http10)) as (url, script), client(url) as upstream:
+    async with scripted(always(http10)) as (url, script), client(url) as upstream:
         first = await asyncio.wait_for(upstream.send("GET", "/", [], b""), 3)
         second = await asyncio.wait_for(upstream.send("GET", "/", [], b""), 3)
     assert (first.status, first.body) == (200, b"all of it")
@@ -297,14 +297,14 @@ async def test_a_reply_without_length_ends_with_the_connection() -> None:
 
 async def test_a_head_reply_has_no_body_whatever_its_length() -> None:
     head_reply = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"
-    async with scripted(await always(head_reply)) as (url, _), client(url) as upstream:
+    async with scripted(always(head_reply)) as (url, _), client(url) as upstream:
         reply = await asyncio.wait_for(upstream.send("HEAD", "/ping", [], b""), 2)
     assert (reply.status, reply.body) == (200, b"")
 
 
 async def test_interim_replies_are_skipped() -> None:
     interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + OK
-    async with scripted(await always(interim)) as (url, _), client(url) as upstream:
+    async with scripted(always(interim)) as (url, _), client(url) as upstream:
         reply = await upstream.send("POST", "/invocations", [], b"{}")
     assert (reply.status, reply.body) == (200, b"[]")
     assert reply.header("link") is None
@@ -331,7 +331,7 @@ def _encoded(coding: bytes, body: bytes) -> bytes:
     ],
 )
 async def test_decompress_decodes_and_drops_the_coding(coding: bytes, body: bytes) -> None:
-    answer = await always(_encoded(coding, body))
+    answer = always(_encoded(coding, body))
     async with scripted(answer) as (url, _), client(url, decompress=True) as upstream:
         reply = await upstream.send("POST", "/invocations", [], b"{}")
     assert reply.body == b"[1, 2]"
@@ -341,7 +341,7 @@ async def test_decompress_decodes_and_drops_the_coding(coding: bytes, body: byte
 
 async def test_without_decompress_bytes_and_headers_stay_as_sent() -> None:
     body = gzip.compress(b"[1, 2]")
-    answer = await always(_encoded(b"gzip", body))
+    answer = always(_encoded(b"gzip", body))
     async with scripted(answer) as (url, _), client(url, decompress=False) as upstream:
         reply = await upstream.send("POST", "/invocations", [], b"{}")
     assert reply.body == body
@@ -356,34 +356,34 @@ async def test_without_decompress_bytes_and_headers_stay_as_sent() -> None:
     ],
 )
 async def test_an_unreadable_coding_is_a_protocol_error(reply: bytes, message: str) -> None:
-    async with scripted(await always(reply)) as (url, _), client(url) as upstream:
+    async with scripted(always(reply)) as (url, _), client(url) as upstream:
         with pytest.raises(UpstreamProtocolError, match=message):
             await upstream.send("POST", "/invocations", [], b"{}")
 
 
 async def test_a_truncated_body_is_a_protocol_error() -> None:
     truncated = Closing(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n12345")
-    async with scripted(await always(truncated)) as (url, _), client(url) as upstream:
+    async with scripted(always(truncated)) as (url, _), client(url) as upstream:
         with pytest.raises(UpstreamProtocolError, match="mid-reply"):
             await asyncio.wait_for(upstream.send("POST", "/invocations", [], b"{}"), 3)
 
 
 async def test_a_huge_reply_head_is_a_protocol_error() -> None:
     big = b"HTTP/1.1 200 OK\r\n" + b"x-pad: " + b"a" * 70_000 + b"\r\ncontent-length: 0\r\n\r\n"
-    async with scripted(await always(big)) as (url, _), client(url) as upstream:
+    async with scripted(always(big)) as (url, _), client(url) as upstream:
         with pytest.raises(UpstreamProtocolError):
             await upstream.send("POST", "/invocations", [], b"{}")
 
 
 async def test_a_large_body_is_sent_whole() -> None:
     body = b"[" + b"1," * 200_000 + b"1]"
-    async with scripted(await always(OK)) as (url, script), client(url) as upstream:
+    async with scripted(always(OK)) as (url, script), client(url) as upstream:
         await upstream.send("POST", "/invocations", [], body)
     assert script.requests[0].body == body
 
 
 async def test_a_closed_pool_refuses_new_requests() -> None:
-    async with scripted(await always(OK)) as (url, _):
+    async with scripted(always(OK)) as (url, _):
         upstream = HttptoolsUpstream(settings(url))
         await upstream.send("POST", "/invocations", [], b"{}")
         await upstream.aclose()
@@ -415,7 +415,7 @@ async def test_https_verifies_the_server_certificate(
     cert, key = self_signed
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
-    async with scripted(await always(OK), ssl_context=server_context) as (url, _):
+    async with scripted(always(OK), ssl_context=server_context) as (url, _):
         # Not trusted: refused like an unreachable upstream, nothing is sent.
         async with client(url) as upstream:
             with pytest.raises(UpstreamConnectError):
@@ -429,7 +429,7 @@ async def test_https_verifies_the_server_certificate(
 
 async def test_a_connection_idle_too_long_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http1, "IDLE_S", 0.0)
-    async with scripted(await always(OK)) as (url, script), client(url) as upstream:
+    async with scripted(always(OK)) as (url, script), client(url) as upstream:
         await upstream.send("POST", "/invocations", [], b"{}")
         await upstream.send("POST", "/invocations", [], b"{}")
         assert upstream._open == 1
