@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -80,6 +81,15 @@ class V2Request:
     body: bytes
 
 
+def first_header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The first value of a header among raw pairs, matched case-insensitively."""
+    lname = name.lower()
+    for key, value in headers:
+        if key.lower() == lname:
+            return value
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamReply:
     """One answer from an upstream, as received. Timings are in seconds."""
@@ -91,11 +101,7 @@ class UpstreamReply:
 
     def header(self, name: str) -> str | None:
         """The first value of a header, case-insensitively."""
-        lname = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lname:
-                return value
-        return None
+        return first_header(self.headers, name)
 
     @property
     def content_type(self) -> str:

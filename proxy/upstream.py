@@ -28,7 +28,7 @@ from proxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from proxy.models import UpstreamReply
+from proxy.models import UpstreamReply, first_header
 
 Headers = Sequence[tuple[str, str]]
 URL_CACHE_SIZE = 512
@@ -79,10 +79,8 @@ HTTPX_ERRORS: ErrorTable = (
 
 def content_coding(headers: Iterable[tuple[str, str]]) -> str | None:
     """A reply's Content-Encoding, trimmed and lower-cased; None when it names none."""
-    for name, value in headers:
-        if name.lower() == "content-encoding":
-            return value.strip().lower()
-    return None
+    coding = first_header(headers, "content-encoding")
+    return None if coding is None else coding.strip().lower()
 
 
 def decode_content(coding: str, body: bytes) -> bytes | None:
