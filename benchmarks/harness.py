@@ -42,41 +42,66 @@ def _answers(port: int, ready: str | None) -> bool:
         return False
 
 
-class CpuMeter:
-    """CPU seconds (user + system) a process spends between `start` and `stop`.
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the parenthesised command name: state is [0], utime [11], stime [12].
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    Read from /proc/<pid>/stat, so Linux only; elsewhere, or with no pid, `per_request` is
-    NaN and the table shows a dash.
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+class CpuMeter:
+    """CPU seconds (user + system) a process, and apart from it its live child processes
+    (the proxy's shadow worker), spend between `start` and `stop`.
+
+    Read from /proc, so Linux only; elsewhere, or with no pid, `per_request` is NaN and
+    the table shows a dash.
     """
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self._start: float | None = None
-        self._spent: float | None = None
+        self._start: tuple[float, dict[int, float]] | None = None
+        self._spent: tuple[float, float] | None = None
 
-    def _read(self) -> float | None:
-        if not self.pid:
+    def _read(self) -> tuple[float, dict[int, float]] | None:
+        own = _cpu_seconds(self.pid) if self.pid else None
+        if own is None:
             return None
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return None
-        # Fields after the parenthesised command name: state is [0], utime [11], stime [12].
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        kids = {kid: _cpu_seconds(kid) for kid in _children(self.pid)}
+        return own, {kid: spent for kid, spent in kids.items() if spent is not None}
 
     def start(self) -> None:
         self._start = self._read()
 
     def stop(self) -> None:
         end = self._read()
-        self._spent = None if end is None or self._start is None else end - self._start
+        if end is None or self._start is None:
+            self._spent = None
+            return
+        # A child born during the measurement counts from zero.
+        kids = sum(spent - self._start[1].get(kid, 0.0) for kid, spent in end[1].items())
+        self._spent = (end[0] - self._start[0], kids)
 
     def per_request(self, count: float) -> float:
-        """Microseconds of CPU per request, or NaN when unknown."""
+        """Microseconds of CPU per request of the process itself, or NaN when unknown."""
         if self._spent is None or count <= 0:
             return float("nan")
-        return self._spent / count * 1e6
+        return self._spent[0] / count * 1e6
+
+    def children_per_request(self, count: float) -> float:
+        """Microseconds of CPU per request of its child processes, or NaN when unknown."""
+        if self._spent is None or count <= 0:
+            return float("nan")
+        return self._spent[1] / count * 1e6
 
 
 @contextmanager
@@ -179,4 +204,7 @@ def load_wrk(
     )
     meter.stop()
     cell = parse_wrk(done.stdout)
-    return cell | {"cpu_us": meter.per_request(cell["n"])}
+    return cell | {
+        "cpu_us": meter.per_request(cell["n"]),
+        "child_cpu_us": meter.children_per_request(cell["n"]),
+    }

@@ -5,13 +5,19 @@
 Prints:
   1. the routing decision (client key, override check, stable bucket, weight) in µs per
      request, through `Cutover.decide` on a live table, and its parts;
-  2. throughput of the proxy answering from an instant legacy simulator with no shadowing
-     vs shadowing 100% to an instant serverless simulator (ratio: how much mirroring costs),
-     the shadow results (every request mirrored: none dropped), and on Linux the proxy's
-     CPU time per request in both cells (from /proc), which shared-machine noise moves
-     far less than throughput;
+  2. throughput of the proxy answering from an instant legacy backend with no shadowing
+     vs shadowing 100% to an instant serverless backend (ratio: how much mirroring costs),
+     with the shadow calls in the worker process (`shadow.isolation: process`, the
+     default) and inline on the proxy's event loop (`isolation: inline`); the shadow
+     results (every request mirrored: none dropped); and on Linux the CPU time per
+     request of the proxy and of its worker (from /proc), which shared-machine noise
+     moves far less than throughput: what shadowing costs where no core is spare;
   3. primary p50/p99 with no shadowing vs shadowing 100% to a serverless simulator that
      takes 2 s (ratio: does a slow shadow reach the primary path at all).
+
+The instant backends (`benchmarks/instant.py`) answer with replies recorded from the
+simulators at start: a simulator costs about as much CPU per request as the proxy, which
+on two cores would come out of the cells being compared.
 
 Cells 2 and 3 run in --rounds interleaved rounds; each figure is the median round and
 each ratio the median of the rounds' own ratios (both cells of a round measured back to
@@ -47,6 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import Child, CpuMeter, child, free_port, load_wrk  # noqa: E402
+from proxy.protocol.legacy import parse_request  # noqa: E402
+from proxy.protocol.translate import legacy_to_v2  # noqa: E402
 
 BODY = b'{"columns": ["a", "b", "c", "d"], "data": [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4]]}'
 CONTENT_TYPE = "application/json; format=pandas-split"
@@ -54,6 +62,8 @@ CONTENT_TYPE = "application/json; format=pandas-split"
 # every request mirrored, not those that found a free slot (the default 16 drops some at 16
 # clients). The 2 s backend keeps the default: there, dropping is the point.
 SHADOW_SLOTS = 512
+# Where the proxy sends iris's serverless calls with the default path template.
+SERVERLESS_PATH = "/model-endpoint/iris/1/invocations"
 
 
 @contextmanager
@@ -68,8 +78,42 @@ def simulator(kind: str, delay_ms: float = 0.0) -> Iterator[str]:
 
 
 @contextmanager
+def instant(
+    workdir: Path, simulator_url: str, path: str, content_type: str, body: bytes
+) -> Iterator[str]:
+    """An instant backend answering what the simulator at `simulator_url` answers to one
+    request (`benchmarks/instant.py`)."""
+    request = urllib.request.Request(
+        simulator_url + path, data=body, headers={"content-type": content_type}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        status, reply_type, reply = (
+            response.status,
+            response.headers["content-type"],
+            response.read(),
+        )
+    port = free_port()
+    body_file = workdir / f"instant-{port}.body"
+    body_file.write_bytes(reply)
+    args = [sys.executable, str(ROOT / "benchmarks" / "instant.py"), str(port), str(status)]
+    with child([*args, reply_type, str(body_file)], port) as server:
+        yield server.url
+
+
+def serverless_request() -> tuple[str, bytes]:
+    """BODY as the proxy sends it to the serverless side (protocols.md §2)."""
+    v2 = legacy_to_v2(parse_request(CONTENT_TYPE, BODY, accept_v2_bodies=False))
+    return v2.content_type, v2.body
+
+
+@contextmanager
 def proxy(
-    workdir: Path, legacy: str, serverless: str, shadow_percent: float, slots: int | None = None
+    workdir: Path,
+    legacy: str,
+    serverless: str,
+    shadow_percent: float,
+    slots: int | None = None,
+    isolation: str = "process",
 ) -> Iterator[Child]:
     port = free_port()
     doc: dict[str, Any] = {
@@ -78,9 +122,10 @@ def proxy(
         "models": {"iris": {"serverless_percent": 0, "shadow_percent": shadow_percent}},
         "logging": {"access_log": False, "level": "warning"},
         "state": str(workdir / f"state-{port}.sqlite3"),
+        "shadow": {"isolation": isolation},
     }
     if slots is not None:
-        doc["shadow"] = {"max_concurrency": slots}
+        doc["shadow"]["max_concurrency"] = slots
     path = workdir / f"proxy-{port}.yaml"
     path.write_text(yaml.safe_dump(doc))
     serve = [sys.executable, "-m", "proxy", "serve", "--config", str(path)]
@@ -120,6 +165,7 @@ async def load(url: str, concurrency: int, seconds: float, meter: CpuMeter) -> d
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
         "errors": float(errors),
         "cpu_us": meter.per_request(len(latencies)),
+        "child_cpu_us": meter.children_per_request(len(latencies)),
     }
 
 
@@ -193,6 +239,7 @@ def median_cell(cells: list[dict[str, float]]) -> dict[str, float]:
         "p50_ms": statistics.median(c["p50_ms"] for c in cells),
         "p99_ms": statistics.median(c["p99_ms"] for c in cells),
         "cpu_us": statistics.median(c["cpu_us"] for c in cells),
+        "child_cpu_us": statistics.median(c["child_cpu_us"] for c in cells),
         "errors": sum(c["errors"] for c in cells),
     }
 
@@ -223,24 +270,27 @@ def main() -> int:
     print(f"load generator: {'wrk' if use_wrk else 'aiohttp client'}; {os.cpu_count()} cores")
     decision_cost()
     path = "/model/iris/1/invocations"
-    cells: dict[str, list[dict[str, float]]] = {"base": [], "mirrored": [], "slow": []}
+    names = ("base", "mirrored", "inline", "slow")
+    cells: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
         work = Path(tmp)
         with (
-            simulator("legacy") as legacy,
-            simulator("serverless") as instant,
+            simulator("legacy") as legacy_sim,
+            simulator("serverless") as serverless_sim,
+            instant(work, legacy_sim, path, CONTENT_TYPE, BODY) as legacy,
+            instant(work, serverless_sim, SERVERLESS_PATH, *serverless_request()) as fast,
             simulator("serverless", delay_ms=2000) as slow,
-            proxy(work, legacy, instant, 0) as base_proxy,
-            proxy(work, legacy, instant, 100, SHADOW_SLOTS) as mirrored_proxy,
+            proxy(work, legacy, fast, 0) as base_proxy,
+            proxy(work, legacy, fast, 100, SHADOW_SLOTS) as mirrored_proxy,
+            proxy(work, legacy, fast, 100, SHADOW_SLOTS, "inline") as inline_proxy,
             proxy(work, legacy, slow, 100) as slow_proxy,
         ):
+            servers = dict(
+                zip(names, (base_proxy, mirrored_proxy, inline_proxy, slow_proxy), strict=True)
+            )
             # Interleaved rounds, so a burst of other load on the machine hits every cell.
             for _ in range(args.rounds):
-                for name, server in (
-                    ("base", base_proxy),
-                    ("mirrored", mirrored_proxy),
-                    ("slow", slow_proxy),
-                ):
+                for name, server in servers.items():
                     meter = CpuMeter(server.pid)
                     url = server.url + path
                     cells[name].append(
@@ -251,29 +301,46 @@ def main() -> int:
                         else asyncio.run(load(url, args.concurrency, args.seconds, meter))
                     )
             mirrored_results = shadow_results(mirrored_proxy.url)
+            inline_results = shadow_results(inline_proxy.url)
             slow_results = shadow_results(slow_proxy.url)
     base, mirrored = median_cell(cells["base"]), median_cell(cells["mirrored"])
-    slow_shadow = median_cell(cells["slow"])
+    inline, slow_shadow = median_cell(cells["inline"]), median_cell(cells["slow"])
     mirror_ratios = round_ratios(cells["mirrored"], cells["base"], "rps")
-    ratio = statistics.median(mirror_ratios)
+    inline_ratios = round_ratios(cells["inline"], cells["base"], "rps")
     p99_ratios = round_ratios(cells["slow"], cells["base"], "p99_ms")
     print(
         f"2. throughput, {args.concurrency} concurrent clients, median of {args.rounds} "
-        f"interleaved {args.seconds:g} s rounds (primary: legacy, bytes passed through):"
+        f"interleaved {args.seconds:g} s rounds (primary: legacy, bytes passed through; "
+        "instant backends):"
     )
-    print(f"   no shadow:                         {base['rps']:8.0f} req/s")
-    print(
-        f"   shadow 100% to instant serverless: {mirrored['rps']:8.0f} req/s   "
-        f"ratio {ratio:.2f} (cost {100 * (1 - ratio):.0f}%; median of the rounds' ratios "
-        f"{', '.join(f'{r:.2f}' for r in mirror_ratios)})"
-    )
-    print(f"   shadow results (warm-ups included): {_results(mirrored_results)}")
-    if base["cpu_us"] == base["cpu_us"]:  # NaN off Linux
-        extra = mirrored["cpu_us"] - base["cpu_us"]
+    print(f"   no shadow:                              {base['rps']:8.0f} req/s")
+    for label, cell, ratios in (
+        ("shadow 100%, in the worker (default):", mirrored, mirror_ratios),
+        ("shadow 100%, inline (isolation: inline):", inline, inline_ratios),
+    ):
+        ratio = statistics.median(ratios)
         print(
-            f"   proxy CPU per request: no shadow {base['cpu_us']:.0f} µs, mirrored "
-            f"{mirrored['cpu_us']:.0f} µs: a shadow call costs {extra / base['cpu_us']:.2f} of "
-            f"a primary request (a CPU-bound cost of at most 35% needs at most 0.54)"
+            f"   {label:<40}{cell['rps']:8.0f} req/s   ratio {ratio:.2f} (cost "
+            f"{100 * (1 - ratio):.0f}%; median of the rounds' ratios "
+            f"{', '.join(f'{r:.2f}' for r in ratios)})"
+        )
+    print(
+        f"   shadow results (warm-ups included): worker: {_results(mirrored_results)}; "
+        f"inline: {_results(inline_results)}"
+    )
+    if base["cpu_us"] == base["cpu_us"]:  # NaN off Linux
+        worker_total = mirrored["cpu_us"] + mirrored["child_cpu_us"]
+        print(
+            f"   CPU per request: no shadow {base['cpu_us']:.0f} µs; worker: proxy "
+            f"{mirrored['cpu_us']:.0f} + worker {mirrored['child_cpu_us']:.0f} = "
+            f"{worker_total:.0f} µs; inline {inline['cpu_us']:.0f} µs"
+        )
+        print(
+            "   a shadow call's CPU, as a share of a primary request's: worker "
+            f"{(worker_total - base['cpu_us']) / base['cpu_us']:.2f} (on the proxy's own "
+            f"loop {(mirrored['cpu_us'] - base['cpu_us']) / base['cpu_us']:.2f}), inline "
+            f"{(inline['cpu_us'] - base['cpu_us']) / base['cpu_us']:.2f}: where no core is "
+            "spare, throughput falls by that share over one plus it"
         )
     print("3. primary latency with a shadow backend that takes 2 s (same rounds):")
     print(f"   no shadow:          p50 {base['p50_ms']:6.2f} ms   p99 {base['p99_ms']:6.2f} ms")
@@ -284,10 +351,10 @@ def main() -> int:
         f"{', '.join(f'{r:.2f}' for r in p99_ratios)})"
     )
     print(f"   shadow results of the 2 s backend: {_results(slow_results)}")
-    for name in cells:
+    for name in names:
         rounds = ", ".join(f"{c['rps']:.0f}/{c['p99_ms']:.1f}" for c in cells[name])
         print(f"   rounds {name:<8} req/s / p99 ms: {rounds}")
-    errors = base["errors"] + mirrored["errors"] + slow_shadow["errors"]
+    errors = sum(median_cell(cells[name])["errors"] for name in names)
     print(f"   non-200 answers in all cells: {errors:.0f}")
     return 0
 

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from proxy import __version__
+from proxy.accesslog import configure_logging
 
 CONFIG_ENV = "SERVING_PROXY_CONFIG"
-
-
-def _configure_logging(level: str) -> None:
-    # Access-log lines are JSON already: print the message alone, one per line.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("serving_proxy")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -40,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.listen.host
     port = config.listen.port if args.port is None else args.port
-    _configure_logging(config.logging.level)
+    configure_logging(config.logging.level)
     trusted = list(config.server.trusted_proxies)
     common: dict[str, Any] = {
         "host": host,

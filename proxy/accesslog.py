@@ -7,6 +7,7 @@ headers, so nothing sensitive can reach the log by accident.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -14,6 +15,18 @@ from proxy import jsoncodec
 from proxy.models import ExchangeRecord
 
 LOGGER = logging.getLogger("serving_proxy.access")
+
+
+def configure_logging(level: str) -> None:
+    """Every `serving_proxy` logger of this process to stderr at `level`, the message alone
+    on its line: access-log lines are JSON already. Called by `serve` and by the shadow
+    worker process."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("serving_proxy")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
 
 
 def outcome(record: ExchangeRecord) -> str:

@@ -123,6 +123,9 @@ def _model_view(runtime: Runtime, model: str, *, mismatches: bool) -> dict[str, 
     view["shadow"] = {
         "in_flight": runtime.shadow.in_flight,
         "max_concurrency": runtime.config.shadow.max_concurrency,
+        "isolation": runtime.config.shadow.isolation,
+        # The shadow worker process, once the first shadow call has started it.
+        "worker_pid": runtime.shadow.worker_pid,
     }
     if mismatches:
         view["mismatches"] = [m.to_json() for m in runtime.shadow.mismatches(model)]

@@ -203,6 +203,10 @@ class ShadowConfig(_Frozen):
     keep_mismatches: int = Field(DEFAULT_MISMATCHES_KEPT, ge=0)
     # Off: a mismatch keeps the differing field's two values only, never the bodies.
     keep_payloads: bool = False
+    # Where shadow calls and comparisons run: `process`, a worker process of their own
+    # (`proxy.shadowworker`), so their CPU never stalls the event loop that answers
+    # clients; `inline`, tasks on that event loop (no extra process).
+    isolation: Literal["process", "inline"] = "process"
 
 
 class ErrorRateGate(_Frozen):

@@ -36,8 +36,8 @@ from proxy.protocol import paths
 from proxy.protocol.legacy import parse_request
 from proxy.protocol.translate import legacy_to_v2, v2_to_legacy
 from proxy.recorder import record_sample
-from proxy.runtime import Runtime
-from proxy.shadow import ShadowJob
+from proxy.runtime import Runtime, Upstreams
+from proxy.shadow import ShadowJob, ShadowRequest
 
 INVOCATION_ALLOW = ("OPTIONS", "POST")
 AUX_ALLOW = ("GET", "HEAD", "OPTIONS")
@@ -144,7 +144,7 @@ def method_gate(method: str, allow: tuple[str, ...], wanted: str) -> Reply | Non
 
 
 async def _send(
-    runtime: Runtime,
+    runtime: Upstreams,
     record: ExchangeRecord,
     target: Target,
     path: str,
@@ -175,7 +175,7 @@ class _Invocation:
     writes onto the client's record, a shadow call (issue 3 §5) onto a scratch one."""
 
     scope: Scope
-    runtime: Runtime
+    runtime: Upstreams
     ref: ModelRef
     model: ModelConfig
     targets: ModelTargets
@@ -265,6 +265,31 @@ class _Invocation:
         )
 
 
+async def shadow_send(
+    upstreams: Upstreams, request: ShadowRequest, backend: Backend, request_id: str
+) -> Reply:
+    """The shadow call of `request` to `backend`, through `upstreams`' shadow pools: the
+    answer in the legacy client's form, or a `ProxyError`, as the inline mirror gets it."""
+    scope: Scope = {
+        "path": request.path,
+        "raw_path": request.raw_path,
+        "query_string": request.query_string,
+        "client": request.client,
+    }
+    name = request.ref.name
+    call = _Invocation(
+        scope,
+        upstreams,
+        request.ref,
+        upstreams.config.models[name],
+        upstreams.targets[name],
+        request.incoming,
+        request.body,
+        request_id,
+    )
+    return await call.send(backend, shadow=True)
+
+
 async def legacy_invocations(scope: Scope, receive: Receive, name: str, segment: str) -> Reply:
     """`POST /model/<name>/<version-or-stage>/invocations` (§1.2, §4, §5, §6.4).
 
@@ -310,6 +335,7 @@ async def legacy_invocations(scope: Scope, receive: Receive, name: str, segment:
             async def mirror() -> Reply:
                 return await call.send(shadow, shadow=True)
 
+            client = scope.get("client")
             runtime.shadow.submit(
                 ShadowJob(
                     ref.name,
@@ -319,6 +345,15 @@ async def legacy_invocations(scope: Scope, receive: Receive, name: str, segment:
                     out,
                     mirror,
                     body if runtime.config.shadow.keep_payloads else None,
+                    ShadowRequest(
+                        ref,
+                        scope["path"],
+                        scope.get("raw_path"),
+                        scope.get("query_string", b""),
+                        tuple(client) if client else None,
+                        incoming,
+                        body,
+                    ),
                 )
             )
         return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Self
 
 from proxy.backends import ModelTargets, Target, build_targets
 from proxy.compare import Comparison, Tolerance, Verdict
@@ -19,6 +20,7 @@ from proxy.http1 import HttptoolsUpstream
 from proxy.models import ModelRef
 from proxy.protocol import paths
 from proxy.shadow import Shadow
+from proxy.shadowworker import ShadowWorker
 from proxy.upstream import AiohttpUpstream, Upstream, UpstreamSettings
 
 UpstreamFactory = Callable[[UpstreamSettings], Upstream]
@@ -60,50 +62,32 @@ class Admission:
 
 
 @dataclass
-class Runtime:
+class Upstreams:
+    """The backend pools and upstream paths of one config: all a scoring call needs to
+    reach a backend. The shadow worker process (`proxy.shadowworker`) builds only this."""
+
     config: ProxyConfig
     targets: dict[str, ModelTargets]
     upstream_factory: UpstreamFactory = HttptoolsUpstream
     upstreams: dict[UpstreamSettings, Upstream] = field(default_factory=dict)
-    in_flight: int = 0
-    # Told +1/-1 as requests are admitted and leave (issue 4's in-flight gauge).
-    on_in_flight: Callable[[int], None] | None = None
-    # Issue 3: the live routing table and the shadow mirror, with pools of their own so a
-    # slow shadow backend can never take a connection the primary path needs.
-    cutover: Cutover = field(init=False)
-    shadow: Shadow = field(init=False)
+    # Issue 3: shadow calls have pools of their own, so a slow shadow backend can never
+    # take a connection the primary path needs.
     shadow_upstreams: dict[UpstreamSettings, Upstream] = field(default_factory=dict)
-    admission: Admission = field(init=False)
     # Pure functions of the frozen config, remembered: resolving and rendering a path
     # costs more than the lookup, and the same few models take nearly every request.
-    _refs: dict[tuple[str, str], ModelRef] = field(default_factory=dict)
     _paths: dict[tuple[str, ModelRef], str] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.admission = Admission(self)
-        self.cutover = Cutover(self.config)
-        self.shadow = Shadow(
-            self.config.shadow,
-            {name: Tolerance.from_config(m.compare) for name, m in self.config.models.items()},
-        )
-        self.shadow.on_call.append(self.cutover.observe)
-        self.shadow.on_verdict.append(self._parity)
-
-    def _parity(self, model: str, result: Comparison) -> None:
-        if result.verdict is not Verdict.SHADOW_ERROR:
-            self.cutover.observe_parity(model, result.matched)
-
     @classmethod
-    def build(cls, config: ProxyConfig, factory: UpstreamFactory | None = None) -> Runtime:
+    def build(cls, config: ProxyConfig, factory: UpstreamFactory | None = None) -> Self:
         if factory is None:
             factory = CLIENTS[config.server.upstream_client]
-        runtime = cls(config, build_targets(config), factory)
+        built = cls(config, build_targets(config), factory)
         # Open every pool now so the first request pays no set-up.
-        for targets in runtime.targets.values():
+        for targets in built.targets.values():
             for target in (targets.serverless, targets.legacy):
                 if target is not None:
-                    runtime.upstream(target)
-        return runtime
+                    built.upstream(target)
+        return built
 
     def upstream(self, target: Target) -> Upstream:
         """The one pool shared by every model that names the same backend settings."""
@@ -119,16 +103,6 @@ class Runtime:
             pool = self.shadow_upstreams[target.settings] = self.upstream_factory(target.settings)
         return pool
 
-    def resolve_legacy(self, name: str, segment: str) -> ModelRef:
-        """`paths.resolve_legacy` over this config, remembered (raises `UnknownModel`)."""
-        ref = self._refs.get((name, segment))
-        if ref is None:
-            ref = paths.resolve_legacy(self.config.models, name, segment)
-            if len(self._refs) >= MEMO_SIZE:
-                self._refs.clear()
-            self._refs[(name, segment)] = ref
-        return ref
-
     def upstream_path(self, target: Target, ref: ModelRef) -> str:
         """The target's path template filled for `ref` (`paths.render_path`), remembered."""
         template = target.path_template or ""
@@ -140,6 +114,50 @@ class Runtime:
             self._paths[(template, ref)] = path
         return path
 
+    async def aclose(self) -> None:
+        for pool in (*self.upstreams.values(), *self.shadow_upstreams.values()):
+            await pool.aclose()
+        self.upstreams.clear()
+        self.shadow_upstreams.clear()
+
+
+@dataclass
+class Runtime(Upstreams):
+    in_flight: int = 0
+    # Told +1/-1 as requests are admitted and leave (issue 4's in-flight gauge).
+    on_in_flight: Callable[[int], None] | None = None
+    # Issue 3: the live routing table and the shadow mirror.
+    cutover: Cutover = field(init=False)
+    shadow: Shadow = field(init=False)
+    admission: Admission = field(init=False)
+    _refs: dict[tuple[str, str], ModelRef] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self)
+        self.cutover = Cutover(self.config)
+        worker = ShadowWorker(self.config) if self.config.shadow.isolation == "process" else None
+        self.shadow = Shadow(
+            self.config.shadow,
+            {name: Tolerance.from_config(m.compare) for name, m in self.config.models.items()},
+            worker=worker,
+        )
+        self.shadow.on_call.append(self.cutover.observe)
+        self.shadow.on_verdict.append(self._parity)
+
+    def _parity(self, model: str, result: Comparison) -> None:
+        if result.verdict is not Verdict.SHADOW_ERROR:
+            self.cutover.observe_parity(model, result.matched)
+
+    def resolve_legacy(self, name: str, segment: str) -> ModelRef:
+        """`paths.resolve_legacy` over this config, remembered (raises `UnknownModel`)."""
+        ref = self._refs.get((name, segment))
+        if ref is None:
+            ref = paths.resolve_legacy(self.config.models, name, segment)
+            if len(self._refs) >= MEMO_SIZE:
+                self._refs.clear()
+            self._refs[(name, segment)] = ref
+        return ref
+
     async def start(self) -> None:
         """Load the cutover state and start following the store (raises `StateError`)."""
         await self.cutover.start()
@@ -147,7 +165,4 @@ class Runtime:
     async def aclose(self) -> None:
         await self.shadow.aclose()
         await self.cutover.aclose()
-        for pool in (*self.upstreams.values(), *self.shadow_upstreams.values()):
-            await pool.aclose()
-        self.upstreams.clear()
-        self.shadow_upstreams.clear()
+        await super().aclose()

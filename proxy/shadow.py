@@ -4,8 +4,13 @@ and compare the two answers. It can never delay, alter or fail the primary answe
 I/O (background tasks). The handler hands over a `ShadowJob` (the primary's answer and a
 ready-made call to the other backend) and returns at once; `submit` never awaits and never
 raises. Concurrency is bounded: a job that finds every slot taken is dropped and counted,
-so a slow shadow backend costs a fixed number of tasks, never an unbounded queue (Envoy,
+so a slow shadow backend costs a fixed number of jobs, never an unbounded queue (Envoy,
 nginx and Istio mirror fire-and-forget; here the answers are compared, issue 3 §5).
+
+A job runs where `shadow.isolation` says: `mirror()` as a task on this event loop
+(`inline`), or the same `mirror()` in a worker process (`process`, `proxy.shadowworker`),
+which hands back only its `Outcome`. Either way the counts, mismatches and listeners are
+kept here, in the process that serves the admin API and the metrics.
 
 Background tasks are held by a `TaskSet`, the one place in `proxy/` that creates tasks
 (ruff bans bare `asyncio.create_task`): the event loop keeps only weak references, so an
@@ -21,7 +26,7 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.compare import Answer, Comparison, Tolerance, Verdict, compare, shadow_error
 from proxy.config import ShadowConfig
@@ -32,7 +37,7 @@ from proxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from proxy.models import Backend, Reply
+from proxy.models import Backend, ModelRef, Reply
 from proxy.upstream import content_coding, decode_content
 
 LOGGER = logging.getLogger("serving_proxy.shadow")
@@ -41,6 +46,21 @@ CALL_FAILURES = (UpstreamConnectError, UpstreamTimeout, UpstreamProtocolError, O
 DROPPED = "dropped"
 # Bodies kept with a mismatch when `keep_payloads` is on, cut to this many bytes.
 MAX_PAYLOAD_BYTES = 4096
+
+# The worker process that runs jobs under `isolation: process` (proxy.shadowworker).
+Finish = Callable[["ShadowJob", "Outcome"], None]
+
+
+class Worker(Protocol):
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id while one runs."""
+
+    def submit(self, job: ShadowJob, finish: Finish) -> None:
+        """Run `job` elsewhere; call `finish` with its outcome, exactly once."""
+
+    async def aclose(self) -> None: ...
+
 
 CallListener = Callable[[str, Backend, int, float], None]
 ResultListener = Callable[[str, str], None]
@@ -77,6 +97,20 @@ class TaskSet:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowRequest:
+    """A legacy request as a shadow call needs it, in plain values: what the shadow worker
+    process (`proxy.shadowworker`) needs to make the call itself (`handlers.shadow_send`)."""
+
+    ref: ModelRef
+    path: str
+    raw_path: bytes | None
+    query_string: bytes
+    client: tuple[str, int] | None
+    incoming: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ShadowJob:
     """One request to mirror.
 
@@ -89,6 +123,8 @@ class ShadowJob:
             in the same form (a serverless answer through `translate.v2_to_legacy`); raises
             a `ProxyError` as the primary path would.
         payload: the request body, kept with a mismatch only when the config allows.
+        request: what a worker process needs to make `call` itself; None when only this
+            process can make it.
     """
 
     model: str
@@ -98,6 +134,45 @@ class ShadowJob:
     primary_reply: Reply
     call: Callable[[], Awaitable[Reply]]
     payload: bytes | None = None
+    request: ShadowRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What mirroring one job found, wherever it ran.
+
+    Attributes:
+        result: the verdict, and where the answers first differ.
+        call: the shadow call's status and seconds when one was made (a local error's
+            status when it failed on the way), for the rollout gates.
+        answers: both answers as compared, when there were two.
+    """
+
+    result: Comparison
+    call: tuple[int, float] | None = None
+    answers: tuple[Answer, Answer] | None = None
+
+
+async def mirror(job: ShadowJob, tolerance: Tolerance) -> Outcome:
+    """Make the shadow call and compare its answer with the primary's. Never raises but
+    for cancellation: every failure is an outcome."""
+    t0 = time.perf_counter()
+    call: tuple[int, float] | None = None
+    try:
+        reply = await job.call()
+    except CALL_FAILURES as exc:
+        return Outcome(shadow_error(exc.flag), (exc.status_code, time.perf_counter() - t0))
+    except ProxyError as exc:
+        # Refused before any backend saw it (a body the serverless side cannot take):
+        # the client would have got this local reply, so that is the shadow's answer.
+        reply = exc.to_reply()
+    except Exception as exc:
+        LOGGER.exception("shadow call failed for %s", job.model)
+        return Outcome(shadow_error(f"BUG {type(exc).__name__}"))
+    else:
+        call = (reply.status, time.perf_counter() - t0)
+    primary, shadow = answer_of(job.primary_reply), answer_of(reply)
+    return Outcome(compare(primary, shadow, tolerance), call, (primary, shadow))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +277,8 @@ class Shadow:
     Args:
         config: the process-wide limits (`shadow:` in the config).
         tolerances: each model's compare settings; a model not listed uses the defaults.
+        worker: runs the jobs in another process (`isolation: process`); None runs them
+            as tasks on this event loop. Jobs without a `request` always run here.
         clock: wall time for the mismatch records.
 
     Listeners (plain callables, called on the event loop, must not raise):
@@ -216,24 +293,30 @@ class Shadow:
         config: ShadowConfig,
         tolerances: Mapping[str, Tolerance] | None = None,
         *,
+        worker: Worker | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.tolerances = dict(tolerances or {})
+        self.worker = worker
         self.clock = clock
         self.on_call: list[CallListener] = []
         self.on_verdict: list[VerdictListener] = []
         self.on_result: list[ResultListener] = []
         self._tasks = TaskSet()
         # Counted by hand rather than len(self._tasks): a task leaves the set one loop turn
-        # after its coroutine returns, so a reader could see its result recorded while it
-        # still held a slot. The counter drops in the same step that records the result.
+        # after its coroutine returns, and a worker's jobs hold no task here at all. The
+        # counter drops in the same step that records the result (`_finish`).
         self._running = 0
         self._books: dict[str, _Book] = {}
 
     @property
     def in_flight(self) -> int:
         return self._running
+
+    @property
+    def worker_pid(self) -> int | None:
+        return None if self.worker is None else self.worker.pid
 
     def _book(self, model: str) -> _Book:
         book = self._books.get(model)
@@ -252,8 +335,16 @@ class Shadow:
                 self._book(job.model).counts.dropped += 1
                 self._emit_result(job.model, DROPPED)
                 return False
-            self._tasks.spawn(self._run(job), name=f"shadow:{job.model}:{job.request_id}")
             self._running += 1
+            try:
+                if self.worker is not None and job.request is not None:
+                    self.worker.submit(job, self._finish)
+                else:
+                    name = f"shadow:{job.model}:{job.request_id}"
+                    self._tasks.spawn(self._run(job), name=name)
+            except BaseException:
+                self._running -= 1  # nothing started: `_finish` will not come
+                raise
             return True
         except Exception:  # the primary answer must go out whatever happens here
             LOGGER.exception("shadow submit failed for %s", job.model)
@@ -261,31 +352,17 @@ class Shadow:
 
     async def _run(self, job: ShadowJob) -> None:
         try:
-            await self._mirror(job)
-        finally:
-            self._running -= 1
+            outcome = await mirror(job, self.tolerances.get(job.model) or Tolerance())
+        except BaseException:
+            self._running -= 1  # cancelled (shutdown): the slot is free, nothing to record
+            raise
+        self._finish(job, outcome)
 
-    async def _mirror(self, job: ShadowJob) -> None:
-        t0 = time.perf_counter()
-        try:
-            reply = await job.call()
-        except CALL_FAILURES as exc:
-            self._emit_call(job.model, job.shadow, exc.status_code, time.perf_counter() - t0)
-            self._record(job, shadow_error(exc.flag), None)
-            return
-        except ProxyError as exc:
-            # Refused before any backend saw it (a body the serverless side cannot take):
-            # the client would have got this local reply, so that is the shadow's answer.
-            reply = exc.to_reply()
-        except Exception as exc:
-            LOGGER.exception("shadow call failed for %s", job.model)
-            self._record(job, shadow_error(f"BUG {type(exc).__name__}"), None)
-            return
-        else:
-            self._emit_call(job.model, job.shadow, reply.status, time.perf_counter() - t0)
-        primary, shadow = answer_of(job.primary_reply), answer_of(reply)
-        tolerance = self.tolerances.get(job.model) or Tolerance()
-        self._record(job, compare(primary, shadow, tolerance), (primary, shadow))
+    def _finish(self, job: ShadowJob, outcome: Outcome) -> None:
+        self._running -= 1
+        if outcome.call is not None:
+            self._emit_call(job.model, job.shadow, *outcome.call)
+        self._record(job, outcome.result, outcome.answers)
 
     def _record(
         self, job: ShadowJob, result: Comparison, answers: tuple[Answer, Answer] | None
@@ -337,3 +414,5 @@ class Shadow:
 
     async def aclose(self) -> None:
         await self._tasks.aclose()
+        if self.worker is not None:
+            await self.worker.aclose()

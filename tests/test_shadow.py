@@ -55,14 +55,26 @@ async def faults(server: LiveServer, **knobs: Any) -> None:
         (await c.put(server.url + "/_sim/faults", json=knobs)).raise_for_status()
 
 
+@pytest.fixture(params=["process", "inline"])
+def isolation(request: pytest.FixtureRequest) -> str:
+    """Where the shadow calls run (`shadow.isolation`): the behaviour is the same."""
+    value: str = request.param
+    return value
+
+
 def make_config(
-    serverless_url: str, legacy: LiveServer, *, shadow: dict[str, Any] | None = None, **iris: Any
+    serverless_url: str,
+    legacy: LiveServer,
+    *,
+    shadow: dict[str, Any] | None = None,
+    isolation: str = "process",
+    **iris: Any,
 ) -> ProxyConfig:
     return parse_config(
         {
             "backends": {"serverless": {"url": serverless_url}, "legacy": {"url": legacy.url}},
             "models": {"iris": {"serverless_percent": 0, "shadow_percent": 100, **iris}},
-            "shadow": shadow or {},
+            "shadow": {"isolation": isolation, **(shadow or {})},
         },
         {"SERVING_PROXY_ADMIN_TOKEN": TOKEN},
     )
@@ -99,12 +111,12 @@ async def invoke(client: httpx.AsyncClient) -> httpx.Response:
 
 
 async def test_the_primary_answer_does_not_wait_for_a_slow_shadow(
-    serverless: LiveServer, legacy: LiveServer
+    serverless: LiveServer, legacy: LiveServer, isolation: str
 ) -> None:
     # Slow enough that a loaded machine cannot finish the shadow call before the view below
     # is read; the primary answer must still come back at once.
     await faults(serverless, delay_ms=4000)
-    async with proxy(make_config(serverless.url, legacy)) as client:
+    async with proxy(make_config(serverless.url, legacy, isolation=isolation)) as client:
         r = await invoke(client)
         assert (r.status_code, r.json()) == (200, [3.5, 7.0])
         during = await view(client)
@@ -116,9 +128,11 @@ async def test_the_primary_answer_does_not_wait_for_a_slow_shadow(
     assert after["shadow"]["in_flight"] == 0
 
 
-async def test_saturation_drops_and_counts(serverless: LiveServer, legacy: LiveServer) -> None:
+async def test_saturation_drops_and_counts(
+    serverless: LiveServer, legacy: LiveServer, isolation: str
+) -> None:
     await faults(serverless, delay_ms=4000)
-    config = make_config(serverless.url, legacy, shadow={"max_concurrency": 2})
+    config = make_config(serverless.url, legacy, shadow={"max_concurrency": 2}, isolation=isolation)
     async with proxy(config) as client:
         for _ in range(5):
             assert (await invoke(client)).status_code == 200
@@ -128,9 +142,9 @@ async def test_saturation_drops_and_counts(serverless: LiveServer, legacy: LiveS
     assert (v["parity"]["match"], v["parity"]["dropped"]) == (2, 3)
 
 
-async def test_a_mismatch_names_the_differing_field(legacy: LiveServer) -> None:
+async def test_a_mismatch_names_the_differing_field(legacy: LiveServer, isolation: str) -> None:
     with LiveServer(answering(b'{"predictions": [3.5, 7.5]}')) as other:
-        async with proxy(make_config(other.url, legacy)) as client:
+        async with proxy(make_config(other.url, legacy, isolation=isolation)) as client:
             r = await invoke(client)
             assert r.json() == [3.5, 7.0]  # the client's answer is the primary's, untouched
             v = await settled(client, 1)
@@ -143,9 +157,9 @@ async def test_a_mismatch_names_the_differing_field(legacy: LiveServer) -> None:
     assert "request" not in mismatch  # no payload unless the config allows it
 
 
-async def test_payloads_are_kept_only_when_allowed(legacy: LiveServer) -> None:
+async def test_payloads_are_kept_only_when_allowed(legacy: LiveServer, isolation: str) -> None:
     with LiveServer(answering(b'{"predictions": [3.5, 7.5]}')) as other:
-        config = make_config(other.url, legacy, shadow={"keep_payloads": True})
+        config = make_config(other.url, legacy, shadow={"keep_payloads": True}, isolation=isolation)
         async with proxy(config) as client:
             await invoke(client)
             v = await settled(client, 1)
@@ -186,10 +200,10 @@ async def test_compare_settings_per_model(
     ],
 )
 async def test_a_failing_shadow_never_fails_the_primary(
-    serverless: LiveServer, legacy: LiveServer, knobs: dict[str, Any], result: str
+    serverless: LiveServer, legacy: LiveServer, knobs: dict[str, Any], result: str, isolation: str
 ) -> None:
     await faults(serverless, **knobs)
-    async with proxy(make_config(serverless.url, legacy)) as client:
+    async with proxy(make_config(serverless.url, legacy, isolation=isolation)) as client:
         r = await invoke(client)
         assert (r.status_code, r.json()) == (200, [3.5, 7.0])
         v = await settled(client, 1)
@@ -197,9 +211,11 @@ async def test_a_failing_shadow_never_fails_the_primary(
 
 
 async def test_serverless_primary_is_shadowed_to_legacy(
-    serverless: LiveServer, legacy: LiveServer
+    serverless: LiveServer, legacy: LiveServer, isolation: str
 ) -> None:
-    async with proxy(make_config(serverless.url, legacy, serverless_percent=100)) as client:
+    async with proxy(
+        make_config(serverless.url, legacy, serverless_percent=100, isolation=isolation)
+    ) as client:
         r = await invoke(client)
         assert r.json() == [3.5, 7.0]
         v = await settled(client, 1)
