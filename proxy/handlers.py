@@ -290,6 +290,35 @@ async def shadow_send(
     return await call.send(backend, shadow=True)
 
 
+def _mirror(
+    runtime: Runtime, call: _Invocation, primary: Backend, shadow: Backend, out: Reply
+) -> None:
+    """Hand the request and its answer `out` to the shadow mirror (issue 3 §5); nothing is
+    built for a request the mirror has no slot for, since at saturation most are dropped."""
+    mirror = runtime.shadow
+    if mirror.drop_if_full(call.ref.name):
+        return
+    scope, body = call.scope, call.body
+
+    async def send() -> Reply:
+        return await call.send(shadow, shadow=True)
+
+    client = scope.get("client")
+    request = ShadowRequest(
+        call.ref,
+        scope["path"],
+        scope.get("raw_path"),
+        scope.get("query_string", b""),
+        tuple(client) if client else None,
+        call.incoming,
+        body,
+    )
+    payload = body if runtime.config.shadow.keep_payloads else None
+    mirror.submit(
+        ShadowJob(call.ref.name, call.request_id, primary, shadow, out, send, payload, request)
+    )
+
+
 async def legacy_invocations(scope: Scope, receive: Receive, name: str, segment: str) -> Reply:
     """`POST /model/<name>/<version-or-stage>/invocations` (§1.2, §4, §5, §6.4).
 
@@ -329,33 +358,8 @@ async def legacy_invocations(scope: Scope, receive: Receive, name: str, segment:
             ref.name, primary, out.status, record.upstream_s or time.perf_counter() - t0
         )
         if decision.shadow is not None:
-            shadow = decision.shadow
-            record.shadow = shadow
-
-            async def mirror() -> Reply:
-                return await call.send(shadow, shadow=True)
-
-            client = scope.get("client")
-            runtime.shadow.submit(
-                ShadowJob(
-                    ref.name,
-                    record.request_id,
-                    primary,
-                    shadow,
-                    out,
-                    mirror,
-                    body if runtime.config.shadow.keep_payloads else None,
-                    ShadowRequest(
-                        ref,
-                        scope["path"],
-                        scope.get("raw_path"),
-                        scope.get("query_string", b""),
-                        tuple(client) if client else None,
-                        incoming,
-                        body,
-                    ),
-                )
-            )
+            record.shadow = decision.shadow
+            _mirror(runtime, call, primary, decision.shadow, out)
         return out
 
 

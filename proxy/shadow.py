@@ -324,6 +324,18 @@ class Shadow:
             book = self._books[model] = _Book(mismatches=deque(maxlen=self.config.keep_mismatches))
         return book
 
+    def drop_if_full(self, model: str) -> bool:
+        """If every slot is taken, count a dropped job of `model` and say so: the caller
+        need not build a job that `submit` would drop. Never raises."""
+        if self._running < self.config.max_concurrency:
+            return False
+        try:
+            self._book(model).counts.dropped += 1
+            self._emit_result(model, DROPPED)
+        except Exception:  # the primary answer must go out whatever happens here
+            LOGGER.exception("counting a dropped shadow call failed for %s", model)
+        return True
+
     def submit(self, job: ShadowJob) -> bool:
         """Start mirroring `job`, or drop it if every slot is taken. Never raises or waits.
 
@@ -331,9 +343,7 @@ class Shadow:
             True if the shadow call was started.
         """
         try:
-            if self._running >= self.config.max_concurrency:
-                self._book(job.model).counts.dropped += 1
-                self._emit_result(job.model, DROPPED)
+            if self.drop_if_full(job.model):
                 return False
             self._running += 1
             try:

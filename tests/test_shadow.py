@@ -295,6 +295,26 @@ async def test_submit_never_raises_and_listeners_hear_drops() -> None:
     await shadow.aclose()
 
 
+async def test_a_drop_is_counted_even_when_a_listener_raises() -> None:
+    shadow = Shadow(ShadowConfig(max_concurrency=1))
+    release = asyncio.Event()
+
+    async def call() -> Reply:
+        await release.wait()
+        return Reply(200, b"[1]")
+
+    def broken(model: str, result: str) -> None:
+        raise RuntimeError("listener bug")
+
+    job = ShadowJob("iris", "r1", Backend.LEGACY, Backend.SERVERLESS, Reply(200, b"[1]"), call)
+    assert shadow.submit(job)
+    shadow.on_result.append(broken)
+    assert shadow.drop_if_full("iris")  # full: dropped, and nothing raised
+    assert shadow.parity("iris").dropped == 1
+    release.set()
+    await shadow.aclose()
+
+
 async def test_compressed_pass_through_bodies_are_compared_decoded() -> None:
     import gzip
 
