@@ -47,11 +47,12 @@ DROPPED = "dropped"
 # Bodies kept with a mismatch when `keep_payloads` is on, cut to this many bytes.
 MAX_PAYLOAD_BYTES = 4096
 
-# The worker process that runs jobs under `isolation: process` (proxy.shadowworker).
 Finish = Callable[["ShadowJob", "Outcome"], None]
 
 
 class Worker(Protocol):
+    """Runs jobs in another process under `isolation: process` (proxy.shadowworker)."""
+
     @property
     def pid(self) -> int | None:
         """The worker process's id while one runs."""

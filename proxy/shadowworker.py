@@ -13,11 +13,11 @@ job and books the outcome.
 Both ends of one socket pair live here. The proxy side (`ShadowWorker`) starts the
 worker on the first job, sends it the config, then jobs; the worker answers each job with
 its `Outcome`, and the proxy keeps the counts, mismatches and listeners as before.
-Messages are pickles behind a 4-byte length: both ends are this package and the peer is
-the proxy's own child on an unnamed socket pair. Jobs and outcomes travel as flat tuples
-of plain values (`_job_message`, `_outcome_message`): pickling the frozen dataclasses
-and enums themselves costs ten times more, on the loop this module exists to spare.
-Writes made in one loop turn go out as one.
+The messages of one loop turn leave as one frame, a pickled list behind a 4-byte length
+(pickle: both ends are this package, and the peer is the proxy's own child on an unnamed
+socket pair). Jobs and outcomes travel as flat tuples of plain values (`_job_message`,
+`_outcome_message`): pickling the frozen dataclasses and enums themselves cost ten times
+more, on the loop this module exists to spare.
 
 Failure and shutdown. If the worker exits, its jobs in flight become shadow errors and
 the next job starts a new worker, at most one start per `RESTART_S` (jobs in between are
