@@ -333,7 +333,8 @@ def _outcome_of(message: tuple[Any, ...]) -> Outcome:
 class _Runner:
     """The worker's side: the first message is the config, every later one a job."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, configure_logs: bool) -> None:
+        self.configure_logs = configure_logs
         self.channel: _Channel | None = None
         self.upstreams: Upstreams | None = None
         self.tolerances: dict[str, Tolerance] = {}
@@ -356,7 +357,8 @@ class _Runner:
     def _configure(self, config: ProxyConfig) -> None:
         from proxy.runtime import Upstreams  # the runtime imports this module
 
-        configure_logging(config.logging.level)
+        if self.configure_logs:
+            configure_logging(config.logging.level)
         self.upstreams = Upstreams.build(config)
         self.tolerances = {
             name: Tolerance.from_config(m.compare) for name, m in config.models.items()
@@ -373,7 +375,7 @@ class _Runner:
             await self.upstreams.aclose()
 
 
-async def _serve(fd: int) -> None:
+async def _serve(fd: int, *, configure_logs: bool = True) -> None:
     loop = asyncio.get_running_loop()
     closed: asyncio.Future[None] = loop.create_future()
 
@@ -381,7 +383,7 @@ async def _serve(fd: int) -> None:
         if not closed.done():
             closed.set_result(None)
 
-    runner = _Runner()
+    runner = _Runner(configure_logs=configure_logs)
     channel = runner.channel = _Channel(runner.on_message, on_closed)
     await loop.create_unix_connection(lambda: channel, sock=socket.socket(fileno=fd))
     await closed

@@ -9,8 +9,10 @@ Every wait polls under a deadline; nothing asserts a duration.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ import anyio
 import httpx
 import pytest
 
+from proxy.models import Backend, ModelRef, Reply
+from proxy.shadow import ShadowJob, ShadowRequest
+from proxy.shadowworker import _Channel, _job_message, _outcome_of, _serve
 from tests.integration.proxy_process import ProxyProcess
 from tests.servers import LiveServer
 from tests.test_shadow import (
@@ -150,3 +155,57 @@ async def test_sigterm_to_the_proxy_stops_its_worker(
         assert server.wait(timeout=30) in (0, -signal.SIGTERM)
         assert not alive(pid)
         assert "did not stop" not in server.log()
+
+
+# --- the worker's half, in this process (coverage does not follow the child) ------------
+
+
+async def test_the_worker_answers_each_job_on_its_socket(
+    serverless: LiveServer, legacy: LiveServer
+) -> None:
+    """`python -m proxy.shadowworker`'s loop, run here on one end of a socket pair: a job
+    framed as the proxy frames it comes back as the outcome the inline mirror reaches; a
+    job it cannot read comes back as a shadow error, not as silence."""
+    config = make_config(serverless.url, legacy)
+    ours, theirs = socket.socketpair()
+    worker = asyncio.ensure_future(_serve(theirs.detach(), configure_logs=False))
+    outcomes: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+    channel = _Channel(outcomes.put_nowait, lambda: None)
+    loop = asyncio.get_running_loop()
+    await loop.create_unix_connection(lambda: channel, sock=ours)
+    ref = ModelRef("iris", "1", "1", "iris")
+    request = ShadowRequest(
+        ref,
+        "/model/iris/1/invocations",
+        None,
+        b"",
+        None,
+        [("content-type", HEADERS["content-type"])],
+        SPLIT,
+    )
+
+    async def never() -> Reply:
+        raise AssertionError("the worker makes its own call")
+
+    def job(primary_body: bytes) -> ShadowJob:
+        primary = Reply(200, primary_body, "application/json")
+        return ShadowJob(
+            "iris", "r1", Backend.LEGACY, Backend.SERVERLESS, primary, never, None, request
+        )
+
+    channel.send(config)
+    channel.send(_job_message(1, job(b"[3.5, 7.0]"), False))
+    channel.send(_job_message(2, job(b"[3.5, 7.5]"), True))
+    channel.send((3, "not a job"))
+    with anyio.fail_after(DEADLINE_S):
+        got = {m[0]: _outcome_of(m) for m in [await outcomes.get() for _ in range(3)]}
+    channel.close()
+    with anyio.fail_after(DEADLINE_S):
+        await worker  # the socket closed: the worker's loop ends
+    assert got[1].result.matched
+    assert got[1].call is not None
+    assert got[1].call[0] == 200
+    assert (got[2].result.verdict, got[2].result.path) == ("value_mismatch", "$[1]")
+    assert got[2].answers is not None
+    assert got[2].answers[1].body == b"[3.5, 7.0]"
+    assert (got[3].result.verdict, got[3].result.detail) == ("shadow_error", "BUG ValueError")
