@@ -9,7 +9,7 @@ Prints:
      vs shadowing 100% to an instant serverless backend (ratio: how much mirroring costs),
      with the shadow calls in the worker process (`shadow.isolation: process`, the
      default) and inline on the proxy's event loop (`isolation: inline`); the shadow
-     results (every request mirrored: none dropped); and on Linux the CPU time per
+     results (how many were compared, how many dropped); and on Linux the CPU time per
      request of the proxy and of its worker (from /proc), which shared-machine noise
      moves far less than throughput: what shadowing costs where no core is spare;
   3. primary p50/p99 with no shadowing vs shadowing 100% to a serverless simulator that
@@ -58,9 +58,11 @@ from proxy.protocol.translate import legacy_to_v2  # noqa: E402
 
 BODY = b'{"columns": ["a", "b", "c", "d"], "data": [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4]]}'
 CONTENT_TYPE = "application/json; format=pandas-split"
-# Slots for the instant shadow backend: enough that none is ever dropped, so "100%" means
-# every request mirrored, not those that found a free slot (the default 16 drops some at 16
-# clients). The 2 s backend keeps the default: there, dropping is the point.
+# Slots for the instant shadow backend: enough that no job is dropped for want of a slot
+# while the proxy keeps up, so "100%" means every request mirrored (the default 16 drops
+# some at 16 clients). A worker that falls behind a saturated proxy still fills them, and
+# drops the excess: the shadow results say how many. The 2 s backend keeps the default:
+# there, dropping is the point.
 SHADOW_SLOTS = 512
 # Where the proxy sends iris's serverless calls with the default path template.
 SERVERLESS_PATH = "/model-endpoint/iris/1/invocations"
