@@ -13,7 +13,8 @@ Prints:
      request of the proxy and of its worker (from /proc), which shared-machine noise
      moves far less than throughput: what shadowing costs where no core is spare;
   3. primary p50/p99 with no shadowing vs shadowing 100% to a serverless simulator that
-     takes 2 s (ratio: does a slow shadow reach the primary path at all).
+     takes 2 s (ratio: does a slow shadow reach the primary path at all), and the same
+     ratios between two identical proxies without shadowing: the noise to read them by.
 
 The instant backends (`benchmarks/instant.py`) answer with replies recorded from the
 simulators at start: a simulator costs about as much CPU per request as the proxy, which
@@ -272,7 +273,9 @@ def main() -> int:
     print(f"load generator: {'wrk' if use_wrk else 'aiohttp client'}; {os.cpu_count()} cores")
     decision_cost()
     path = "/model/iris/1/invocations"
-    names = ("base", "mirrored", "inline", "slow")
+    # "again": a second proxy without shadowing, the same as "base": how far two identical
+    # cells of the same rounds differ is the noise the other ratios are read against.
+    names = ("base", "mirrored", "inline", "slow", "again")
     cells: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
         work = Path(tmp)
@@ -286,10 +289,10 @@ def main() -> int:
             proxy(work, legacy, fast, 100, SHADOW_SLOTS) as mirrored_proxy,
             proxy(work, legacy, fast, 100, SHADOW_SLOTS, "inline") as inline_proxy,
             proxy(work, legacy, slow, 100) as slow_proxy,
+            proxy(work, legacy, fast, 0) as again_proxy,
         ):
-            servers = dict(
-                zip(names, (base_proxy, mirrored_proxy, inline_proxy, slow_proxy), strict=True)
-            )
+            proxies = (base_proxy, mirrored_proxy, inline_proxy, slow_proxy, again_proxy)
+            servers = dict(zip(names, proxies, strict=True))
             # Interleaved rounds, so a burst of other load on the machine hits every cell.
             for _ in range(args.rounds):
                 for name, server in servers.items():
@@ -353,6 +356,12 @@ def main() -> int:
         f"{', '.join(f'{r:.2f}' for r in p99_ratios)})"
     )
     print(f"   shadow results of the 2 s backend: {_results(slow_results)}")
+    again_rps = statistics.median(round_ratios(cells["again"], cells["base"], "rps"))
+    again_p99 = statistics.median(round_ratios(cells["again"], cells["base"], "p99_ms"))
+    print(
+        f"   noise: a second proxy without shadowing, same rounds: throughput ratio "
+        f"{again_rps:.2f}, p99 ratio {again_p99:.2f}"
+    )
     for name in names:
         rounds = ", ".join(f"{c['rps']:.0f}/{c['p99_ms']:.1f}" for c in cells[name])
         print(f"   rounds {name:<8} req/s / p99 ms: {rounds}")
