@@ -12,14 +12,14 @@ from types import TracebackType
 from typing import Self
 
 from proxy.backends import ModelTargets, Target, build_targets
-from proxy.compare import Comparison, Tolerance, Verdict
+from proxy.compare import Comparison, Verdict
 from proxy.config import ProxyConfig
 from proxy.cutover import Cutover
 from proxy.errors import Overloaded
 from proxy.http1 import HttptoolsUpstream
 from proxy.models import ModelRef
 from proxy.protocol import paths
-from proxy.shadow import Shadow
+from proxy.shadow import Shadow, tolerances_of
 from proxy.shadowworker import ShadowWorker
 from proxy.upstream import AiohttpUpstream, Upstream, UpstreamSettings
 
@@ -138,7 +138,7 @@ class Runtime(Upstreams):
         worker = ShadowWorker(self.config) if self.config.shadow.isolation == "process" else None
         self.shadow = Shadow(
             self.config.shadow,
-            {name: Tolerance.from_config(m.compare) for name, m in self.config.models.items()},
+            tolerances_of(self.config),
             worker=worker,
         )
         self.shadow.on_call.append(self.cutover.observe)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from proxy.compare import Answer, Comparison, Tolerance, Verdict, compare, shadow_error
-from proxy.config import ShadowConfig
+from proxy.config import ProxyConfig, ShadowConfig
 from proxy.errors import (
     Overloaded,
     ProxyError,
@@ -154,9 +154,15 @@ class Outcome:
     answers: tuple[Answer, Answer] | None = None
 
 
-async def mirror(job: ShadowJob, tolerance: Tolerance) -> Outcome:
-    """Make the shadow call and compare its answer with the primary's. Never raises but
-    for cancellation: every failure is an outcome."""
+def tolerances_of(config: ProxyConfig) -> dict[str, Tolerance]:
+    """Each configured model's compare settings (`compare:`)."""
+    return {name: Tolerance.from_config(m.compare) for name, m in config.models.items()}
+
+
+async def mirror(job: ShadowJob, tolerances: Mapping[str, Tolerance]) -> Outcome:
+    """Make the shadow call and compare its answer with the primary's, by the model's
+    tolerance (the defaults for a model not listed). Never raises but for cancellation:
+    every failure is an outcome."""
     t0 = time.perf_counter()
     call: tuple[int, float] | None = None
     try:
@@ -173,6 +179,7 @@ async def mirror(job: ShadowJob, tolerance: Tolerance) -> Outcome:
     else:
         call = (reply.status, time.perf_counter() - t0)
     primary, shadow = answer_of(job.primary_reply), answer_of(reply)
+    tolerance = tolerances.get(job.model) or Tolerance()
     return Outcome(compare(primary, shadow, tolerance), call, (primary, shadow))
 
 
@@ -363,7 +370,7 @@ class Shadow:
 
     async def _run(self, job: ShadowJob) -> None:
         try:
-            outcome = await mirror(job, self.tolerances.get(job.model) or Tolerance())
+            outcome = await mirror(job, self.tolerances)
         except BaseException:
             self._running -= 1  # cancelled (shutdown): the slot is free, nothing to record
             raise

@@ -47,7 +47,15 @@ from proxy.accesslog import configure_logging
 from proxy.compare import MATCH, Answer, Comparison, Tolerance, Verdict, shadow_error
 from proxy.config import ProxyConfig
 from proxy.models import Backend, ModelRef, Reply
-from proxy.shadow import Finish, Outcome, ShadowJob, ShadowRequest, TaskSet, mirror
+from proxy.shadow import (
+    Finish,
+    Outcome,
+    ShadowJob,
+    ShadowRequest,
+    TaskSet,
+    mirror,
+    tolerances_of,
+)
 
 if TYPE_CHECKING:
     from proxy.runtime import Upstreams  # the runtime imports this module
@@ -360,12 +368,10 @@ class _Runner:
         if self.configure_logs:
             configure_logging(config.logging.level)
         self.upstreams = Upstreams.build(config)
-        self.tolerances = {
-            name: Tolerance.from_config(m.compare) for name, m in config.models.items()
-        }
+        self.tolerances = tolerances_of(config)
 
     async def _run(self, job_id: int, job: ShadowJob, keep_answers: bool) -> None:
-        outcome = await mirror(job, self.tolerances.get(job.model) or Tolerance())
+        outcome = await mirror(job, self.tolerances)
         assert self.channel is not None
         self.channel.send(_outcome_message(job_id, outcome, keep_answers))
 
