@@ -8,7 +8,7 @@ target back to back, so a burst of other load on this shared machine hits them a
   (a) the client straight to the upstream (new-protocol body);
   (b) a bare aiohttp pass-through with no translation (the floor for any Python proxy);
   (c) serving-proxy translating a pandas-split request and its answer, as `serve` runs it
-      (its own httptools upstream client, `proxy/http1.py`);
+      (its own httptools upstream client, `proxy/upstream/http1.py`);
   (d) as (c) with httpx as the upstream client;
   (e) the floor of the proxy's own stack: the same uvicorn server and upstream client as
       (c), forwarding with none of the proxy's work (no translation, routing, middleware or
@@ -92,10 +92,10 @@ def serve_passthrough(port: int, upstream: str) -> None:
 
 
 def serve_proxy(port: int, config_path: str, client: str) -> None:
+    from benchmarks.httpx_upstream import HttpxUpstream
     from proxy.app import create_app
     from proxy.config import load_config
-    from proxy.runtime import CLIENTS
-    from proxy.upstream import HttpxUpstream
+    from proxy.upstream.pools import CLIENTS
 
     config = load_config(config_path, os.environ)
     factory = HttpxUpstream if client == "httpx" else CLIENTS[client]
@@ -127,8 +127,8 @@ def _run_as_serve_does(app: Any, port: int, **extra: Any) -> None:
 def serve_floor(port: int, upstream: str) -> None:
     """(e): uvicorn as `serve` runs it, forwarding through the default upstream client and
     doing nothing else."""
-    from proxy.http1 import HttptoolsUpstream
-    from proxy.upstream import UpstreamSettings
+    from proxy.upstream.base import UpstreamSettings
+    from proxy.upstream.http1 import HttptoolsUpstream
 
     client = HttptoolsUpstream(UpstreamSettings(upstream, 5.0, 30.0, 64, decompress=True))
     forwarded = [("content-type", "application/json")]
@@ -263,7 +263,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "proxy.yaml"
         with child(
-            [py, "-m", "proxy", "simulate", "--kind", "serverless", "--port", str(up_port)],
+            [py, "-m", "sim", "simulate", "--kind", "serverless", "--port", str(up_port)],
             up_port,
         ) as upstream_server:
             upstream = upstream_server.url

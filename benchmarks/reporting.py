@@ -1,4 +1,4 @@
-"""What all of issue 4's reporting costs: throughput with it on vs off, in one run.
+"""What all of the reporting costs: throughput with it on vs off, in one run.
 
     python benchmarks/reporting.py [--seconds 3] [--rounds 8] [--concurrency 16]
 
@@ -13,7 +13,7 @@ Each round measures off then on for --seconds each, with the same aiohttp client
 legacy pandas-split requests (translated, the common path); rounds alternate so drift
 on this 2-core machine falls on both. Prints requests/s per round and in total, and the
 cost in percent of throughput from the median of the rounds' on÷off ratios (robust to a
-round disturbed by another process; issue 4's target: at most 15 %). It also reads each
+round disturbed by another process; the target: at most 15 %). It also reads each
 proxy's own CPU time (/proc) per request served: the proxy is CPU-bound, so off÷on CPU per
 request is the throughput ratio it would reach alone, a figure other load does not move.
 Every server is a child process on 127.0.0.1, stopped by its PID; the run is bounded by
@@ -296,7 +296,7 @@ def main() -> int:
                 [
                     python,
                     "-m",
-                    "proxy",
+                    "sim",
                     "simulate",
                     "--kind",
                     "serverless",

@@ -1,4 +1,4 @@
-"""What gradual cutover costs (issue 3), measured in one run on loopback.
+"""What gradual cutover costs, measured in one run on loopback.
 
     python benchmarks/routing.py [--seconds 5] [--concurrency 16]
 
@@ -72,7 +72,7 @@ SERVERLESS_PATH = "/model-endpoint/iris/1/invocations"
 @contextmanager
 def simulator(kind: str, delay_ms: float = 0.0) -> Iterator[str]:
     port = free_port()
-    args = ["-m", "proxy", "simulate", "--kind", kind, "--port", str(port)]
+    args = ["-m", "sim", "simulate", "--kind", kind, "--port", str(port)]
     if delay_ms:
         args += ["--delay-ms", str(delay_ms)]
     # A delayed simulator delays /ping too: only wait for it to accept connections.
@@ -206,12 +206,18 @@ def decision_cost() -> None:
         best = min(timeit.repeat(stmt, number=n // 1000, repeat=5))
         return best / (n // 1000) / len(requests) * 1e6
 
-    full = per_request(lambda: [cutover.decide(ref, h, "10.0.0.1") for h in requests])
+    raw = [[(k.encode(), v.encode()) for k, v in h] for h in requests]
+    full = per_request(
+        lambda: [
+            cutover.decide(ref, client_key(r, "10.0.0.1", config.client_key), h)
+            for r, h in zip(raw, requests, strict=True)
+        ]
+    )
     keys = [ClientKey("header", f"client-{i}") for i in range(1000)]
     rng = random.Random(2)
     pure = per_request(lambda: [decide(cutover.table, ref, k, rng) for k in keys])
     bucket = per_request(lambda: [bucket_of(k.value) for k in keys])
-    read = per_request(lambda: [client_key(h, "10.0.0.1", config.client_key) for h in requests])
+    read = per_request(lambda: [client_key(r, "10.0.0.1", config.client_key) for r in raw])
     print("1. routing decision, per request (best of 5):")
     print(f"   Cutover.decide (key from headers, override check, bucket, weight): {full:.2f} µs")
     print(

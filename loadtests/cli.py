@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from loadtests import mix, report, schedule
+from loadtests import mix, results, schedule
 
 EXIT_OK = 0
 EXIT_BREACH = 1
@@ -37,7 +37,7 @@ LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 PACKAGE_PARENT = LOCUSTFILE.parent.parent
 HOST_ENV = "DATABRICKS_HOST"
 TOKEN_ENV = "DATABRICKS_TOKEN"
-# The cutover issue's per-request override header (issue 3, item 7).
+# The cutover's per-request override header (`route_override`).
 ROUTE_HEADER = "X-Serving-Proxy-Route"
 DEFAULT_REPORT_DIR = Path("loadtest-report")
 DEFAULT_MASTER_PORT = 5557
@@ -329,8 +329,8 @@ def _load_from(args: argparse.Namespace, path_for_sample: str) -> Load:
     )
 
 
-def _thresholds_from(args: argparse.Namespace) -> report.Thresholds:
-    return report.Thresholds(
+def _thresholds_from(args: argparse.Namespace) -> results.Thresholds:
+    return results.Thresholds(
         p95_ms=args.p95_ms,
         p99_ms=args.p99_ms,
         max_error_rate=args.max_error_rate,
@@ -451,7 +451,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     sys.exit(128 + signum)
 
 
-def run_locust(target: Target, load: Load, report_dir: Path) -> report.RunSummary:
+def run_locust(target: Target, load: Load, report_dir: Path) -> results.RunSummary:
     """Run one load test to its end and read its summary back.
 
     Raises:
@@ -509,7 +509,7 @@ def run_locust(target: Target, load: Load, report_dir: Path) -> report.RunSummar
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
     data = json.loads(summary_path.read_text(encoding="utf-8"))
-    summary = report.RunSummary.from_json(data, label=target.label)
+    summary = results.RunSummary.from_json(data, label=target.label)
     if summary.requests == 0:
         raise RunError(f"no request completed; see {master_log}:\n{_tail(master_log)}")
     return summary
@@ -544,7 +544,7 @@ def _load_mix(load: Load, protocol: mix.Protocol) -> int:
     return len(payloads)
 
 
-def _print_checks(checks: Sequence[report.Check], out: IO[str]) -> int:
+def _print_checks(checks: Sequence[results.Check], out: IO[str]) -> int:
     if not checks:
         print("thresholds: none given", file=out)
         return EXIT_OK
@@ -559,7 +559,7 @@ def _print_checks(checks: Sequence[report.Check], out: IO[str]) -> int:
     return EXIT_OK
 
 
-def _warn_schedule(summary: report.RunSummary, out: IO[str]) -> None:
+def _warn_schedule(summary: results.RunSummary, out: IO[str]) -> None:
     counts = summary.schedule
     if summary.mode == "open" and (counts.late or counts.unsent):
         print(
@@ -599,9 +599,9 @@ def cmd_run(argv: Sequence[str], out: IO[str]) -> int:
     except (RunError, ValueError) as exc:
         print(f"serving-proxy loadtest: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    print(report.format_summary(summary), file=out)
+    print(results.format_summary(summary), file=out)
     _warn_schedule(summary, out)
-    code = _print_checks(report.evaluate(summary, _thresholds_from(args)), out)
+    code = _print_checks(results.evaluate(summary, _thresholds_from(args)), out)
     print(_reports(args.report_dir), file=out)
     return code
 
@@ -644,7 +644,7 @@ def cmd_compare(argv: Sequence[str], out: IO[str]) -> int:
         print(f"serving-proxy loadtest compare: {exc}", file=sys.stderr)
         return EXIT_ERROR
     legacy, serverless = summaries
-    print(report.format_comparison(legacy, serverless), file=out)
+    print(results.format_comparison(legacy, serverless), file=out)
     for summary in summaries:
         _warn_schedule(summary, out)
     (args.report_dir / "comparison.json").write_text(
@@ -653,7 +653,7 @@ def cmd_compare(argv: Sequence[str], out: IO[str]) -> int:
         encoding="utf-8",
     )
     print("thresholds apply to the serverless run", file=out)
-    code = _print_checks(report.evaluate(serverless, _thresholds_from(args)), out)
+    code = _print_checks(results.evaluate(serverless, _thresholds_from(args)), out)
     print(f"reports: {args.report_dir}/legacy/ {args.report_dir}/serverless/ "
           f"{args.report_dir}/comparison.json", file=out)  # fmt: skip
     return code

@@ -34,7 +34,7 @@ from locust import FastHttpUser, LoadTestShape, constant, constant_throughput, e
 from locust.exception import StopTest, StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadtests import mix, report, schedule
+from loadtests import mix, results, schedule
 
 DONE_MESSAGE = "serving_proxy_sender_done"
 # After the last sender reports, wait at most this long for its statistics to reach the
@@ -304,10 +304,10 @@ def write_summary(environment: Any, **_: Any) -> None:
         "elapsed_s": elapsed,
         "avg_ms": total.avg_response_time,
         "percentiles_ms": {
-            report.percentile_key(p): total.get_response_time_percentile(p)
+            results.percentile_key(p): total.get_response_time_percentile(p)
             if total.num_requests
             else 0
-            for p in report.PERCENTILES
+            for p in results.PERCENTILES
         },
         "by_name": {
             name: {"requests": entry.num_requests, "failures": entry.num_failures}

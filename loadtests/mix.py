@@ -1,34 +1,25 @@
 """Payload mixes: the JSON-lines files a load test replays, and the ready-made samples.
 
 Pure except for reading and writing those files; no locust here, so the CLI, the tests and
-the locust users all share it. One line of a payload file is one request body, in one or
-both protocols:
-
-    {"id": "iris/pandas-split", "weight": 1,
-     "legacy": {"content_type": "application/json; format=pandas-split", "body": "{...}"},
-     "serverless": {"content_type": "application/json", "body": "{\\"dataframe_split\\": ...}"}}
-
-`body` is the exact text sent (bare `NaN` tokens and all); a body that is not UTF-8 is given
-as `body_b64` instead. A side may be missing (a recorded sample the proxy could not
-translate has no `serverless` side); a run uses the side of its `--protocol` and skips the
-lines without one. Other keys (`model`, `path`, `recorded_at`) are kept for people and
-ignored here.
+the locust users all share it. The format of one line (its `legacy` and `serverless`
+sides) is `proxy.telemetry.recorder`'s, which writes recorded traffic in it; a run uses the
+side of its `--protocol` and skips the lines without one.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import bisect
 import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
-Protocol = Literal["legacy", "serverless"]
-PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+from proxy.telemetry.recorder import SIDES, Payload, PayloadError, Side, encode_side, parse_line
+from sim.corpus import Case, CorpusError, load_cases
+
+Protocol = Side
+PROTOCOLS: tuple[str, ...] = SIDES
 # The corpus names the MLflow 2.x side of a case `v2` (../shared/corpus/README.md).
 CORPUS_SIDES: Mapping[str, str] = {"legacy": "legacy", "serverless": "v2"}
 SAMPLES_DIR = Path(__file__).resolve().parent / "payloads"
@@ -39,74 +30,9 @@ DEFAULT_SAMPLE = "iris"
 _GOLDEN = 0.6180339887498949
 
 
-class PayloadError(ValueError):
-    """A payload file that cannot be used; the message names the file and the line."""
-
-
-@dataclass(frozen=True, slots=True)
-class Payload:
-    """One request body of a mix, in one protocol."""
-
-    id: str
-    content_type: str | None
-    body: bytes
-    weight: float = 1.0
-
-
-def encode_side(content_type: str | None, body: bytes) -> dict[str, Any]:
-    """A payload line's `legacy`/`serverless` object for this request."""
-    side: dict[str, Any] = {"content_type": content_type}
-    try:
-        side["body"] = body.decode("utf-8")
-    except UnicodeDecodeError:
-        side["body_b64"] = base64.b64encode(body).decode("ascii")
-    return side
-
-
 def dumps_line(obj: Mapping[str, Any]) -> str:
     """One JSON line, ASCII only, so the file survives any editor and any locale."""
     return json.dumps(obj, ensure_ascii=True, separators=(", ", ": "))
-
-
-def _decode_side(side: Any, where: str) -> tuple[str | None, bytes]:
-    if not isinstance(side, dict):
-        raise PayloadError(f"{where}: a side must be an object with content_type and body")
-    content_type = side.get("content_type")
-    if content_type is not None and not isinstance(content_type, str):
-        raise PayloadError(f"{where}: content_type must be a string or null")
-    if "body" in side:
-        body = side["body"]
-        if not isinstance(body, str):
-            raise PayloadError(f"{where}: body must be a string (the exact text sent)")
-        return content_type, body.encode("utf-8")
-    if "body_b64" in side:
-        try:
-            return content_type, base64.b64decode(side["body_b64"], validate=True)
-        except (binascii.Error, TypeError, ValueError):
-            raise PayloadError(f"{where}: body_b64 is not base64") from None
-    raise PayloadError(f"{where}: a side needs body or body_b64")
-
-
-def parse_line(obj: Any, protocol: Protocol, where: str) -> Payload | None:
-    """The payload of one parsed line for `protocol`, or None when the line has no such side.
-
-    Raises:
-        PayloadError: the line is not a payload object.
-    """
-    if not isinstance(obj, dict):
-        raise PayloadError(f"{where}: each line must be a JSON object")
-    payload_id = obj.get("id", where)
-    if not isinstance(payload_id, str) or not payload_id:
-        raise PayloadError(f"{where}: id must be a non-empty string")
-    weight = obj.get("weight", 1)
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
-        raise PayloadError(f"{where}: weight must be a positive number")
-    if not any(side in obj for side in PROTOCOLS):
-        raise PayloadError(f"{where}: a line needs a 'legacy' or 'serverless' side")
-    if protocol not in obj:
-        return None
-    content_type, body = _decode_side(obj[protocol], f"{where} {protocol}")
-    return Payload(payload_id, content_type, body, float(weight))
 
 
 def load(path: Path, protocol: Protocol) -> list[Payload]:
@@ -181,18 +107,18 @@ class Mix:
 # --- ready-made samples from the recorded corpus ---------------------------------------------
 
 
-def _usable(case: Mapping[str, Any]) -> bool:
+def _usable(case: Case) -> bool:
     """A real scoring request that both 1.30.1 and 2.22.5 answered 200 (README of the corpus).
 
     Error cases are left out: a load test of the happy path should not mix in requests the
     server is meant to refuse; add them to your own file to load the error path.
     """
-    sides = [case.get(CORPUS_SIDES[protocol]) for protocol in PROTOCOLS]
+    sides = [case.side(CORPUS_SIDES[protocol]) for protocol in PROTOCOLS]
     return all(
         side is not None
-        and side["request"]["method"] == "POST"
-        and side["request"]["path"].endswith("/invocations")
-        and side["response"]["status"] == 200
+        and side.request.method == "POST"
+        and side.request.path.endswith("/invocations")
+        and side.response.status == 200
         for side in sides
     )
 
@@ -203,22 +129,22 @@ def build_samples(corpus: Path) -> dict[str, list[str]]:
     Raises:
         PayloadError: the corpus has no cases.
     """
-    cases_dir = corpus / "cases"
-    paths = sorted(cases_dir.glob("*.json"))
-    if not paths:
+    try:
+        cases = load_cases(corpus)
+    except CorpusError:
+        cases = ()
+    if not cases:
         raise PayloadError(f"{corpus}: no cases/*.json (expected the corpus root)")
     samples: dict[str, list[str]] = {}
-    for path in paths:
-        case = json.loads(path.read_text(encoding="utf-8"))
+    for case in cases:
         if not _usable(case):
             continue
-        line: dict[str, Any] = {"id": case["id"], "weight": 1}
+        line: dict[str, Any] = {"id": case.id, "weight": 1}
         for protocol in PROTOCOLS:
-            request = case[CORPUS_SIDES[protocol]]["request"]
-            line[protocol] = encode_side(
-                request["headers"].get("content-type"), request["body"].encode("utf-8")
-            )
-        samples.setdefault(case["model"], []).append(dumps_line(line))
+            side = case.side(CORPUS_SIDES[protocol])
+            assert side is not None  # _usable
+            line[protocol] = encode_side(side.request.content_type, side.request.body_bytes)
+        samples.setdefault(case.model, []).append(dumps_line(line))
     return samples
 
 

@@ -1,4 +1,8 @@
-"""Assembles the ASGI app: routes, middleware order, the one error renderer, the lifespan.
+"""The composition root: builds every live object of the proxy and assembles the ASGI app.
+
+`build_runtime` builds the pools, the credentials, the cutover and the shadow mirror (and
+its worker); `create_app` adds the telemetry hub, the routes, the middleware order and the
+error boundary. Nothing else in the package builds these: modules receive what they use.
 
 Middleware, outermost first (Envoy's filter chain, architecture §1.3):
 RequestContextMiddleware (request id, record, access log exactly once) →
@@ -29,29 +33,37 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from proxy import accesslog, admin, dashboard, handlers
+from proxy import handlers
+from proxy.admin import api as admin
+from proxy.admin import dashboard
+from proxy.asgi import ALL_METHODS, ReplyResponse, record_of
+from proxy.compare import Comparison, Verdict
 from proxy.config import ProxyConfig
+from proxy.credentials import build_credentials
+from proxy.cutover import Cutover
+from proxy.cutover.table import ModelState, UnknownModelError
 from proxy.dispatch import ScoringDispatch
-from proxy.errors import MethodNotAllowed, NoRoute, ProxyError
-from proxy.metrics import Metrics
-from proxy.middleware import (
-    BodyLimitMiddleware,
-    RequestContextMiddleware,
-    client_key_reader,
-)
-from proxy.models import ExchangeRecord, Reply
-from proxy.reporting import Reporting
-from proxy.runtime import Runtime, UpstreamFactory
+from proxy.errors import MethodNotAllowed, NoRoute, ProxyError, render, render_bug
+from proxy.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from proxy.models import Reply
+from proxy.runtime import Runtime
+from proxy.shadow.mirror import shadow_call, tolerances_of
+from proxy.shadow.runner import Shadow
+from proxy.shadow.worker import ShadowWorker
+from proxy.telemetry import accesslog
+from proxy.telemetry.hub import Hub
+from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.record import ExchangeRecord
+from proxy.telemetry.stats import Rollout
+from proxy.upstream.pools import Pools, UpstreamFactory
 
 LOGGER = logging.getLogger("serving_proxy")
-# Route every method to the handlers, which answer each the way 1.30.1 did (§6.5).
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 async def _render_proxy_error(request: Request, exc: Exception) -> Response:
     """The one place a local reply is rendered (architecture §1.4)."""
     assert isinstance(exc, ProxyError)
-    return handlers.ReplyResponse(handlers.error_reply(request.scope, exc))
+    return ReplyResponse(render(exc, record_of(request.scope)))
 
 
 async def _render_http_exception(request: Request, exc: Exception) -> Response:
@@ -67,18 +79,18 @@ async def _render_http_exception(request: Request, exc: Exception) -> Response:
 
 async def _render_bug(request: Request, exc: Exception) -> Response:
     """An unhandled exception: 500 without a traceback for the client (§6.5 bug)."""
-    return handlers.ReplyResponse(handlers.bug_reply(request.scope, exc))
+    return ReplyResponse(render_bug(exc, record_of(request.scope)))
 
 
 async def healthz(request: Request) -> Response:
     """Liveness: the process serves HTTP."""
-    return handlers.ReplyResponse(Reply(200, b'{"status":"ok"}'))
+    return ReplyResponse(Reply(200, b'{"status":"ok"}'))
 
 
 async def readyz(request: Request) -> Response:
     """Readiness: the lifespan has built the upstream pools."""
     ready = getattr(request.state, "runtime", None) is not None
-    return handlers.ReplyResponse(
+    return ReplyResponse(
         Reply(200, b'{"status":"ready"}') if ready else Reply(503, b'{"status":"starting"}')
     )
 
@@ -117,6 +129,47 @@ class ProxyApp(Starlette):
         return app
 
 
+def build_runtime(config: ProxyConfig, upstream_factory: UpstreamFactory | None = None) -> Runtime:
+    """Every live object a request reaches, wired together: the pools and credentials for
+    the backend calls, the cutover, and the shadow mirror (its worker process started on
+    the first job under `shadow.isolation: process`)."""
+    pools = Pools.build(config, upstream_factory)
+    credentials = build_credentials(config)
+    cutover = Cutover(config)
+    worker = ShadowWorker(config) if config.shadow.isolation == "process" else None
+    shadow = Shadow(
+        config.shadow, shadow_call(pools, credentials), tolerances_of(config), worker=worker
+    )
+    # The rollout gates judge shadow calls as well as the clients' own.
+    shadow.on_call.append(cutover.count_call)
+
+    def parity(model: str, result: Comparison) -> None:
+        if result.verdict is not Verdict.SHADOW_ERROR:
+            cutover.count_parity(model, result.matched)
+
+    shadow.on_verdict.append(parity)
+    return Runtime(config, pools, credentials, cutover, shadow)
+
+
+def follow(hub: Hub, runtime: Runtime) -> None:
+    """Report the weights and rollout states the cutover holds, mark its rollbacks, and
+    count the shadow results."""
+    cutover = runtime.cutover
+
+    def source(model: str) -> Rollout:
+        try:
+            return Rollout(cutover.weight(model), cutover.rollout_status(model) or "manual")
+        except UnknownModelError:
+            return Rollout()
+
+    def changed(model: str, state: ModelState, action: str) -> None:
+        hub.note_rollout(model, "rollback" if action == "rollback" else None)
+
+    hub.set_rollout_source(source)
+    cutover.on_change.append(changed)
+    runtime.shadow.on_result.append(hub.shadow_result)
+
+
 def create_app(
     config: ProxyConfig,
     *,
@@ -134,19 +187,19 @@ def create_app(
             metrics and statistics see every record either way.
         registry: the Prometheus registry for this app's collectors (default: a fresh one).
     """
-    reporting = Reporting.build(config, registry=registry, environ=os.environ)
+    reporting = Hub.build(config, registry=registry, environ=os.environ)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        runtime = Runtime.build(config, upstream_factory)
+        runtime = build_runtime(config, upstream_factory)
         metrics = reporting.metrics
         if metrics is not None and not metrics.follow_in_flight(lambda: runtime.in_flight):
             runtime.on_in_flight = reporting.in_flight
-        # Issue 4: weights, rollout states, rollbacks and shadow parity come from issue 3's
-        # cutover store and shadow mirror of this runtime.
-        reporting.follow(runtime.cutover, runtime.shadow)
+        # Weights, rollout states, rollbacks and shadow parity are reported as the cutover
+        # and the mirror of this runtime tell them.
+        follow(reporting, runtime)
         try:
-            # Issue 3: load the cutover state (a bad `state:` stops start-up) and follow it.
+            # Load the cutover state (a bad `state:` stops start-up) and follow it.
             await runtime.start()
             yield {"runtime": runtime}
         finally:
@@ -165,7 +218,7 @@ def create_app(
         # knows its metrics and statistics are counted too (the reply itself may have
         # reached the client a moment earlier: proxy/server.py writes it at once).
         try:
-            reporting.observe(record)
+            reporting.finish(record)
         except Exception:
             # A bug in the figures must not turn a request already answered into a server
             # error, nor cost its access line; it is logged with its traceback instead.
@@ -179,9 +232,8 @@ def create_app(
                 RequestContextMiddleware,
                 on_complete=complete,
                 server_timing=config.reporting.server_timing,
-                client_key=client_key_reader(
-                    config.client_key, show_header=config.reporting.show_client_header
-                ),
+                client_key=config.client_key,
+                show_client_header=config.reporting.show_client_header,
             ),
             Middleware(BodyLimitMiddleware, max_body_bytes=config.limits.max_body_bytes),
             Middleware(ScoringDispatch),
@@ -193,7 +245,7 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    # Read by the reporting endpoints (proxy.dashboard); built per app, never global.
+    # Read by the reporting endpoints (proxy.admin.dashboard); built per app, never global.
     app.state.config = config
     app.state.reporting = reporting
     return app

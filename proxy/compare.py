@@ -2,7 +2,7 @@
 
 Both answers arrive in one form (the legacy client's: the serverless reply has been through
 `translate.v2_to_legacy`), and are compared as parsed JSON with a numeric tolerance,
-ignored fields and, optionally, any order of the top-level records (issue 3 §5).
+ignored fields and, optionally, any order of the top-level records.
 
 The verdict says what kind of difference came first, in document order:
 
@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from proxy import jsoncodec
-from proxy.config import CompareConfig
+from proxy.config.cutover import CompareConfig
 
 Path = tuple[str | int, ...]
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -53,6 +53,10 @@ class Answer:
     status: int
     body: bytes
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Comparisons and answers come back from the shadow worker: see `shadow.job`.
+        return (Answer, (self.status, self.body))
+
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
@@ -62,12 +66,25 @@ class Comparison:
     shadow: Any = None
     detail: str | None = None
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Comparison, (self.verdict, self.path, self.primary, self.shadow, self.detail))
+
     @property
     def matched(self) -> bool:
         return self.verdict is Verdict.MATCH
 
 
 MATCH = Comparison(Verdict.MATCH)
+# A shadow job never run, for want of a free slot: a result, but not a verdict.
+DROPPED = "dropped"
+
+
+def parity_class(result: str) -> str:
+    """`match`, `mismatch`, `error` or `dropped` for a shadow result (a `Verdict` value or
+    `DROPPED`): the classes the reports and the metrics count."""
+    if result in (Verdict.MATCH, DROPPED):
+        return result
+    return "mismatch" if result.endswith("mismatch") else "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +259,7 @@ def compare_values(primary: Any, shadow: Any, tolerance: Tolerance) -> Compariso
 
 
 def compare(primary: Answer, shadow: Answer, tolerance: Tolerance) -> Comparison:
-    """Compare two replies already in one form (issue 3 §5)."""
+    """Compare two replies already in one form."""
     if primary.status != shadow.status:
         return Comparison(Verdict.STATUS, None, primary.status, shadow.status)
     if not 200 <= primary.status < 300:

@@ -17,10 +17,13 @@ and how it reads in the client's protocol; `app.py` renders them in one place.
     ├── UpstreamProtocolError  502  UPE  §6.5
     ├── Overloaded             503  UO   §6.5
     ├── ClientClosed           499  DC   the client left before its body arrived
-    └── InternalError          500  BUG  §6.5 (a bug: never a client's mistake)
+    ├── InternalError          500  BUG  §6.5 (a bug: never a client's mistake)
+    └── AdminError             4xx  ADM  admin API and dashboard: {"error", "message"} JSON
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from proxy import jsoncodec
 from proxy.models import Reply
@@ -294,3 +297,49 @@ class InternalError(ProxyError):
 
     def __init__(self, message: str = "Internal error.") -> None:
         super().__init__(message)
+
+
+class Flagged(Protocol):
+    """What `render` writes onto: the request's record (`telemetry.record`)."""
+
+    flag: str
+    detail: str | None
+
+
+def render(error: ProxyError, record: Flagged | None = None) -> Reply:
+    """The one place a local reply is made (architecture §1.4): the record learns the flag
+    and the reason for the access log, the client gets the error in its protocol's shape."""
+    if record is not None:
+        record.flag, record.detail = error.flag, error.message
+    return error.to_reply()
+
+
+def render_bug(exc: BaseException, record: Flagged | None = None) -> Reply:
+    """An unhandled exception: a 500 without a traceback for the client (§6.5 bug); the
+    record names the exception, the caller's log line has the traceback."""
+    reply = render(InternalError(), record)
+    if record is not None:
+        record.detail = type(exc).__name__
+    return reply
+
+
+class AdminError(ProxyError):
+    """An admin API or dashboard request refused: `{"error": ..., "message": ...}` JSON.
+
+    Its status varies (400, 401, 404, 405, 503): the operator's tools read `error`, a
+    stable word, and show `message` to a person.
+    """
+
+    flag = "ADM"
+
+    def __init__(
+        self, status: int, error: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status
+        self.error = error
+        self.headers = headers
+
+    def to_reply(self) -> Reply:
+        body = jsoncodec.dumps({"error": self.error, "message": self.message})
+        return Reply(self.status_code, body, JSON, self.headers)

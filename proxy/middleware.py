@@ -6,8 +6,6 @@ and runs the endpoint in another task, both costly on the hot path.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import itertools
 import os
 import re
@@ -16,9 +14,11 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.config import ClientKeyConfig
-from proxy.errors import PayloadTooLarge
-from proxy.models import Backend, ExchangeRecord, Reply
+from proxy.asgi import record_of, reply_messages
+from proxy.config.cutover import ClientKeyConfig
+from proxy.errors import PayloadTooLarge, render
+from proxy.routing import client_key, report_label
+from proxy.telemetry.record import ExchangeRecord, server_timing
 
 # A client's id is echoed into logs and upstream headers: accept only a plain token.
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -47,89 +47,15 @@ class RequestIds:
 REQUEST_IDS = RequestIds()
 
 
-def reply_messages(reply: Reply, extra: list[tuple[bytes, bytes]] | None = None) -> list[Message]:
-    """The two ASGI messages of a buffered reply."""
-    headers = [(b"content-length", str(len(reply.body)).encode())]
-    if reply.content_type is not None:
-        headers.append((b"content-type", reply.content_type.encode("latin-1")))
-    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
-    headers += extra or []
-    return [
-        {"type": "http.response.start", "status": reply.status, "headers": headers},
-        {"type": "http.response.body", "body": reply.body},
-    ]
-
-
-def record_of(scope: Scope) -> ExchangeRecord | None:
-    """The record `RequestContextMiddleware` opened for this request, if any."""
-    record = scope.get("state", {}).get("record")
-    return record if isinstance(record, ExchangeRecord) else None
-
-
-def hash_client_key(value: str) -> str:
-    """A stable, short digest of a client key: the same in every worker and every restart."""
-    return hashlib.blake2b(value.encode("utf-8"), digest_size=6, person=b"sp-client").hexdigest()
-
-
-# The same few clients call again and again: a header value or an address is hashed once
-# (bounded). Never an Authorization value: a cache would keep tokens alive in memory.
-_hash_remembered = functools.lru_cache(maxsize=4096)(hash_client_key)
-
-
-def client_key_reader(
-    config: ClientKeyConfig, *, show_header: bool = False
-) -> Callable[[Scope], str | None]:
-    """Reads a request's client key for reports: the configured header, else the
-    Authorization header, else the address (issue 3's order), always hashed but for a
-    header value the config allows to be shown. An Authorization value is never shown."""
-    header = None if config.header is None else config.header.encode("latin-1")
-
-    def read(scope: Scope) -> str | None:
-        if header is not None or config.authorization:
-            for name, value in scope["headers"]:
-                if name == header and value.strip():
-                    text = value.strip().decode("latin-1")
-                    return text if show_header else _hash_remembered(text)
-            if config.authorization:
-                for name, value in scope["headers"]:
-                    if name == b"authorization" and value.strip():
-                        return hash_client_key(value.strip().decode("latin-1"))
-        client = scope.get("client")
-        if config.address and client:
-            return _hash_remembered(str(client[0]))
-        return None
-
-    return read
-
-
-_TIMING_DESC: dict[Backend | None, bytes] = {b: f';desc="{b}"'.encode() for b in Backend}
-
-
-def server_timing(record: ExchangeRecord, now: float) -> bytes:
-    """The W3C Server-Timing value, in ms, as the response starts: `proxy` is the proxy's
-    own time so far (translation included), `upstream` the wait on the backend it names,
-    `translate` the translation alone."""
-    # Bytes %-formatting: it runs on every response, and skips building and encoding a str.
-    upstream = record.upstream_s
-    own = now - record.started - (upstream or 0.0)
-    if own < 0.0:
-        own = 0.0  # never negative: the upstream wait is timed apart and may overshoot
-    value = b"proxy;dur=%.3f" % (own * 1e3)
-    if upstream is not None:
-        desc = _TIMING_DESC.get(record.backend, b"")
-        value += b", upstream;dur=%.3f%s" % (upstream * 1e3, desc)
-    if record.translate_s > 0:
-        value += b", translate;dur=%.3f" % (record.translate_s * 1e3)
-    return value
-
-
 class RequestContextMiddleware:
     """Stamps the request id, opens the record, and emits it exactly once at the end.
 
     Args:
         on_complete: called once with every finished record (metrics, stats, access log).
-        server_timing: add a `Server-Timing` header to every response (issue 4).
-        client_key: reads the client key that reports show; None leaves it unset.
+        server_timing: add a `Server-Timing` header to every response.
+        client_key: where the client key comes from (`routing.client_key`, read here once
+            per request for routing and reports); None leaves it unset.
+        show_client_header: reports may show a key read from a header as sent.
     """
 
     def __init__(
@@ -138,12 +64,14 @@ class RequestContextMiddleware:
         *,
         on_complete: Callable[[ExchangeRecord], None],
         server_timing: bool = False,
-        client_key: Callable[[Scope], str | None] | None = None,
+        client_key: ClientKeyConfig | None = None,
+        show_client_header: bool = False,
     ) -> None:
         self.app = app
         self.on_complete = on_complete
         self.server_timing = server_timing
         self.client_key = client_key
+        self.show_client_header = show_client_header
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -164,10 +92,13 @@ class RequestContextMiddleware:
             started=time.perf_counter(),
             client=client[0] if client else None,
         )
-        # A copy: servers share one lifespan-state dict, the record is this request's own.
-        scope["state"] = {**scope.get("state", {}), "record": record}
+        key = None
         if self.client_key is not None:
-            record.client_key = self.client_key(scope)
+            key = client_key(scope["headers"], record.client, self.client_key)
+            if key is not None:
+                record.client_key = report_label(key, show_header=self.show_client_header)
+        # A copy: servers share one lifespan-state dict, the record is this request's own.
+        scope["state"] = {**scope.get("state", {}), "record": record, "client_key": key}
         id_header = (b"x-request-id", record.request_id.encode())
         timing = self.server_timing
 
@@ -210,11 +141,8 @@ class BodyLimitMiddleware:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if value.isdigit() and int(value) > self.limit:
-                    error = PayloadTooLarge(self.limit)
-                    record = record_of(scope)
-                    if record is not None:
-                        record.flag, record.detail = error.flag, error.message
-                    for message in reply_messages(error.to_reply()):
+                    reply = render(PayloadTooLarge(self.limit), record_of(scope))
+                    for message in reply_messages(reply):
                         await send(message)
                     return
                 break

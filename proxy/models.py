@@ -117,6 +117,10 @@ class Reply:
     content_type: str | None = "application/json"
     headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled with every shadow job: a constructor call beats the slots state protocol.
+        return (Reply, (self.status, self.body, self.content_type, self.headers))
+
 
 @dataclass(frozen=True, slots=True)
 class ModelRef:
@@ -131,34 +135,5 @@ class ModelRef:
     version: str
     endpoint: str
 
-
-@dataclass(slots=True)
-class ExchangeRecord:
-    """What is known about one request, filled in as it moves through the pipeline.
-
-    Opened and emitted exactly once by `RequestContextMiddleware` (architecture §1.1.3):
-    every request ends with one status and, for local replies, one flag.
-    """
-
-    request_id: str
-    method: str
-    path: str
-    started: float
-    client: str | None = None
-    # The client key as reports may show it: hashed, or a header value the config allows.
-    client_key: str | None = None
-    model: str | None = None
-    version: str | None = None
-    legacy_format: str | None = None
-    backend: Backend | None = None
-    # Issue 3: the client's sticky bucket (None: no key), why the backend was chosen
-    # (`weight`, `no-key`, `override`, `only-serverless`) and the backend shadowed, if any.
-    bucket: int | None = None
-    route_reason: str | None = None
-    shadow: Backend | None = None
-    status: int = 0
-    flag: str = "-"
-    upstream_s: float | None = None
-    translate_s: float = 0.0
-    total_s: float = 0.0
-    detail: str | None = None
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ModelRef, (self.name, self.requested, self.version, self.endpoint))

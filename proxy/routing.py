@@ -7,25 +7,25 @@ Stickiness comes from a stable hash: `blake2b(client key)` gives a bucket in 0..
 client goes to serverless iff its bucket is under `serverless_percent * 100`. Python's
 `hash()` is salted per process, so workers, replicas and restarts would disagree; blake2b
 does not. Because the threshold only grows with the weight, raising a weight only ever
-moves clients from legacy to serverless, never back (issue 3 §2).
+moves clients from legacy to serverless, never back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
-from proxy.config import ClientKeyConfig
+from proxy.config.cutover import ClientKeyConfig
 from proxy.errors import UnknownModel
 from proxy.models import Backend, ModelRef
 
 BUCKETS = 10_000
 BUCKET_CACHE_SIZE = 65_536
-# Issue 3 §7: lets a named client pick its backend for one request.
+# Lets a client the config names pick its backend for one request.
 ROUTE_HEADER = "x-serving-proxy-route"
 KeySource = Literal["header", "authorization", "address"]
 Reason = Literal["weight", "no-key", "override", "only-serverless"]
@@ -93,35 +93,59 @@ def threshold(percent: float) -> int:
 
 
 def client_key(
-    headers: Sequence[tuple[str, str]], client_host: str | None, config: ClientKeyConfig
+    headers: Iterable[tuple[bytes, bytes]], client_host: str | None, config: ClientKeyConfig
 ) -> ClientKey | None:
     """The request's client key, from the first source the config enables that is present.
 
+    Read once per request, by the request-context middleware: the routing decision and
+    the reports both use what it returns.
+
     Args:
-        headers: lower-case names, as `proxy.headers.decode` gives them.
+        headers: the ASGI scope's raw headers (names lower-case, as ASGI gives them).
         client_host: `scope["client"]` host; uvicorn has already replaced it with the
             forwarded address when (and only when) the peer is a trusted proxy.
         config: which sources to try, in the fixed order header, authorization, address.
     """
-    if config.header is not None:
+    if config.header is not None or config.authorization:
+        wanted = None if config.header is None else config.header.encode("latin-1")
         for name, value in headers:
-            if name == config.header and value.strip():
-                return ClientKey("header", value.strip())
-    if config.authorization:
-        for name, value in headers:
-            if name == "authorization" and value.strip():
-                # Keep a digest only: the key may be logged or listed in the config.
-                digest = hashlib.blake2b(value.strip().encode("utf-8"), digest_size=16)
-                return ClientKey("authorization", digest.hexdigest())
+            if name == wanted and value.strip():
+                return ClientKey("header", value.strip().decode("latin-1"))
+        if config.authorization:
+            for name, value in headers:
+                if name == b"authorization" and value.strip():
+                    # Keep a digest only: the key may be logged or listed in the config.
+                    token = value.strip().decode("latin-1").encode("utf-8")
+                    return ClientKey(
+                        "authorization", hashlib.blake2b(token, digest_size=16).hexdigest()
+                    )
     if config.address and client_host:
         return ClientKey("address", client_host)
     return None
 
 
+def hash_client_key(value: str) -> str:
+    """A stable, short digest of a client key: the same in every worker and every restart."""
+    return hashlib.blake2b(value.encode("utf-8"), digest_size=6, person=b"sp-client").hexdigest()
+
+
+# The same few clients call again and again: a key is hashed once (bounded). An
+# authorization key is already a digest, never the token itself.
+_hash_remembered = lru_cache(maxsize=4096)(hash_client_key)
+
+
+def report_label(key: ClientKey, *, show_header: bool = False) -> str:
+    """How reports, metrics and the access log name a client: always hashed, but for a
+    header value the config allows to be shown."""
+    if key.source == "header" and show_header:
+        return key.value
+    return _hash_remembered(key.value)
+
+
 def override_of(
     headers: Sequence[tuple[str, str]], key: ClientKey | None, allowed: Collection[str]
 ) -> Backend | None:
-    """The backend `X-Serving-Proxy-Route` asks for, if this client may ask (issue 3 §7).
+    """The backend `X-Serving-Proxy-Route` asks for, if this client may ask.
 
     Only clients whose key value the config lists may override; for anyone else, and for
     a value that names no backend, the header means nothing.

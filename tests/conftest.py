@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.simulator import create_simulator_app
+from sim.app import create_simulator_app
 from tests.servers import LiveServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from asgi_lifespan import LifespanManager
 from proxy import errors
 from proxy.app import create_app
 from proxy.config import parse_config
-from proxy.simulator import serve_broken
+from sim.serve import serve_broken
 from tests.servers import LiveServer
 
 pytestmark = [

@@ -1,4 +1,4 @@
-"""Tables of (primary, shadow, tolerance) → verdict (issue 3 §5)."""
+"""Tables of (primary, shadow, tolerance) → verdict."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from proxy.compare import (
     render_path,
     shadow_error,
 )
-from proxy.config import CompareConfig
+from proxy.config.cutover import CompareConfig
 
 TIGHT = Tolerance(abs_tol=0.0, rel_tol=0.0)
 LOOSE = Tolerance(abs_tol=1e-3, rel_tol=1e-3)

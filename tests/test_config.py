@@ -7,13 +7,8 @@ from typing import Any
 
 import pytest
 
-from proxy.config import (
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_TOTAL_TIMEOUT_S,
-    ConfigError,
-    load_config,
-    parse_config,
-)
+from proxy.config import ConfigError, load_config, parse_config
+from proxy.config.backends import DEFAULT_MAX_BODY_BYTES, DEFAULT_TOTAL_TIMEOUT_S
 from proxy.models import Backend, CsvMode
 
 CONTRACT = """

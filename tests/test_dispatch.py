@@ -1,8 +1,8 @@
 """The scoring URLs' entrance: which paths it takes, and that it keeps the router's
 properties (one error renderer, bugs as legacy 500s, nothing forwarded for a wrong path).
 
-The pure matcher is table-driven; the rest runs the whole app in-process against a real
-simulator on loopback.
+The pure matcher is `protocol.paths.scoring_url` (tested there); this runs the whole app
+in-process against a real simulator on loopback.
 """
 
 from __future__ import annotations
@@ -18,39 +18,13 @@ from asgi_lifespan import LifespanManager
 from proxy import errors
 from proxy.app import create_app
 from proxy.config import parse_config
-from proxy.dispatch import Kind, ScoringRoute, scoring_route
-from proxy.models import ExchangeRecord, UpstreamReply
-from proxy.upstream import UpstreamSettings
+from proxy.models import UpstreamReply
+from proxy.telemetry.record import ExchangeRecord
+from proxy.upstream.base import UpstreamSettings
 from tests.servers import LiveServer
 
 SPLIT = b'{"columns": ["a", "b"], "data": [[1, 2.5], [3, 4]]}'
 SPLIT_CT = "application/json; format=pandas-split"
-
-
-@pytest.mark.parametrize(
-    ("path", "route"),
-    [
-        ("/model/iris/1/invocations", ScoringRoute(Kind.LEGACY, "iris", "1")),
-        ("/model/iris/Production/invocations", ScoringRoute(Kind.LEGACY, "iris", "Production")),
-        ("/model/a%2Fb/1/invocations", ScoringRoute(Kind.LEGACY, "a%2Fb", "1")),
-        ("/model-endpoint/iris/2/invocations", ScoringRoute(Kind.MODEL_ENDPOINT, "iris", "2")),
-        ("/serving-endpoints/ep/invocations", ScoringRoute(Kind.SERVING_ENDPOINT, None, "ep")),
-        # Werkzeug's strict slashes: 1.30.1 answered these 404, so they are not scoring URLs.
-        ("/model/iris/1/invocations/", None),
-        ("/model//1/invocations", None),
-        ("/model/iris//invocations", None),
-        ("/model/iris/1/2/invocations", None),
-        ("/serving-endpoints//invocations", None),
-        ("/serving-endpoints/a/b/invocations", None),
-        ("/invocations", None),
-        ("/models/iris/1/invocations", None),
-        ("/model/iris/1/ping", None),
-        ("/model/iris/1/invocationsx", None),
-        ("", None),
-    ],
-)
-def test_scoring_route(path: str, route: ScoringRoute | None) -> None:
-    assert scoring_route(path) == route
 
 
 def make_config(serverless: LiveServer) -> Any:

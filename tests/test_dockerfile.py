@@ -147,7 +147,7 @@ def test_entrypoint_cmd_port_and_env(runtime: list[Instruction]) -> None:
 
 def test_entrypoint_is_the_project_script() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert project["scripts"]["serving-proxy"] == "proxy.__main__:main"
+    assert project["scripts"]["serving-proxy"] == "proxy.cli.main:main"
 
 
 def test_build_context_holds_what_the_builder_copies(instructions: list[Instruction]) -> None:

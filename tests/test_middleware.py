@@ -16,7 +16,7 @@ from proxy.middleware import (
     RequestIds,
     record_of,
 )
-from proxy.models import ExchangeRecord
+from proxy.telemetry.record import ExchangeRecord
 
 pytestmark = pytest.mark.anyio
 

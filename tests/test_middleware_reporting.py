@@ -1,4 +1,4 @@
-"""The middleware's reporting duties (issue 4): Server-Timing and the hashed client key.
+"""The middleware's reporting duties: Server-Timing, and the client key read once per request.
 
 A tiny inner app stands in for the handlers and writes the timings a handler would.
 """
@@ -11,15 +11,12 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from proxy.config import ClientKeyConfig
-from proxy.middleware import (
-    RequestContextMiddleware,
-    client_key_reader,
-    hash_client_key,
-    record_of,
-    server_timing,
-)
-from proxy.models import Backend, ExchangeRecord
+from proxy.asgi import record_of
+from proxy.config.cutover import ClientKeyConfig
+from proxy.middleware import RequestContextMiddleware
+from proxy.models import Backend
+from proxy.routing import ClientKey, hash_client_key, report_label
+from proxy.telemetry.record import ExchangeRecord
 
 pytestmark = pytest.mark.anyio
 TIMING = re.compile(
@@ -68,32 +65,22 @@ async def test_server_timing_can_be_off() -> None:
     assert "server-timing" not in r.headers
 
 
-def test_proxy_part_excludes_the_upstream_wait() -> None:
-    record = ExchangeRecord(request_id="r", method="POST", path="/", started=10.0)
-    record.upstream_s, record.backend = 0.030, Backend.LEGACY
-    assert (
-        server_timing(record, now=10.040) == b'proxy;dur=10.000, upstream;dur=30.000;desc="legacy"'
-    )
-
-
-def scope_with(headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None) -> Scope:
-    return {"type": "http", "headers": headers, "client": client}
-
-
 @pytest.mark.parametrize(
-    ("config", "show", "headers", "expected"),
+    ("config", "show", "headers", "key", "label"),
     [
         pytest.param(
             ClientKeyConfig(header="x-client-app"),
             False,
-            [(b"x-client-app", b"billing")],
+            [("x-client-app", "billing")],
+            ClientKey("header", "billing"),
             hash_client_key("billing"),
             id="header-hashed",
         ),
         pytest.param(
             ClientKeyConfig(header="x-client-app"),
             True,
-            [(b"x-client-app", b" billing ")],
+            [("x-client-app", " billing ")],
+            ClientKey("header", "billing"),
             "billing",
             id="header-shown",
         ),
@@ -101,24 +88,40 @@ def scope_with(headers: list[tuple[bytes, bytes]], client: tuple[str, int] | Non
             ClientKeyConfig(header="x-client-app"),
             True,
             [],
+            ClientKey("address", "10.0.0.9"),
             hash_client_key("10.0.0.9"),
             id="address",
         ),
-        pytest.param(
-            ClientKeyConfig(authorization=True),
-            True,
-            [(b"authorization", b"Bearer secret")],
-            hash_client_key("Bearer secret"),
-            id="authorization-always-hashed",
-        ),
-        pytest.param(ClientKeyConfig(address=False), False, [], None, id="none"),
+        pytest.param(ClientKeyConfig(address=False), False, [], None, None, id="none"),
     ],
 )
-def test_client_key_reader(
-    config: ClientKeyConfig, show: bool, headers: list[tuple[bytes, bytes]], expected: str | None
+async def test_the_client_key_is_read_once_for_routing_and_reports(
+    config: ClientKeyConfig,
+    show: bool,
+    headers: list[tuple[str, str]],
+    key: ClientKey | None,
+    label: str | None,
 ) -> None:
-    read = client_key_reader(config, show_header=show)
-    assert read(scope_with(headers, ("10.0.0.9", 5))) == expected
+    seen: list[object] = []
+    records: list[ExchangeRecord] = []
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["state"]["client_key"])  # what the routing decision reads
+        await local(scope, receive, send)
+
+    app = RequestContextMiddleware(
+        handler, on_complete=records.append, client_key=config, show_client_header=show
+    )
+    transport = httpx.ASGITransport(app=app, client=("10.0.0.9", 5))
+    async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as c:
+        await c.get("/model/iris/1/invocations", headers=headers)
+    assert seen == [key]
+    assert records[0].client_key == label
+
+
+def test_an_authorization_key_is_always_hashed_in_reports() -> None:
+    key = ClientKey("authorization", "0" * 32)  # already a digest: never the token
+    assert report_label(key, show_header=True) == hash_client_key("0" * 32)
 
 
 def test_hash_is_stable_and_short() -> None:

@@ -1,4 +1,4 @@
-"""Routing as pure functions: edge tables and hypothesis properties (issue 3 §2, §7)."""
+"""Routing as pure functions: edge tables and hypothesis properties."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config import ClientKeyConfig
+from proxy.config.cutover import ClientKeyConfig
 from proxy.errors import UnknownModel
 from proxy.models import Backend, ModelRef
 from proxy.routing import (
@@ -112,7 +112,7 @@ def test_no_key_requests_are_split_per_request_by_weight() -> None:
     [
         pytest.param(
             ClientKeyConfig(header="x-client-id"),
-            [("x-client-id", "team-a")],
+            [(b"x-client-id", b"team-a")],
             "127.0.0.1",
             ClientKey("header", "team-a"),
             id="header",
@@ -126,14 +126,14 @@ def test_no_key_requests_are_split_per_request_by_weight() -> None:
         ),
         pytest.param(
             ClientKeyConfig(header="x-client-id", address=False),
-            [("x-client-id", "  ")],
+            [(b"x-client-id", b"  ")],
             "127.0.0.1",
             None,
             id="blank-header-no-address",
         ),
         pytest.param(
             ClientKeyConfig(address=False),
-            [("x-client-id", "team-a")],
+            [(b"x-client-id", b"team-a")],
             "127.0.0.1",
             None,
             id="nothing-enabled",
@@ -149,7 +149,7 @@ def test_no_key_requests_are_split_per_request_by_weight() -> None:
 )
 def test_client_key_sources(
     config: ClientKeyConfig,
-    headers: list[tuple[str, str]],
+    headers: list[tuple[bytes, bytes]],
     host: str | None,
     expected: ClientKey | None,
 ) -> None:
@@ -158,12 +158,12 @@ def test_client_key_sources(
 
 def test_authorization_key_is_a_digest_never_the_token() -> None:
     config = ClientKeyConfig(authorization=True, address=False)
-    key = client_key([("authorization", "Bearer s3cret-token")], None, config)
+    key = client_key([(b"authorization", b"Bearer s3cret-token")], None, config)
     assert key is not None
     assert key.source == "authorization"
     assert "s3cret" not in key.value
     assert len(key.value) == 32
-    again = client_key([("authorization", "Bearer s3cret-token")], None, config)
+    again = client_key([(b"authorization", b"Bearer s3cret-token")], None, config)
     assert again == key
 
 

@@ -1,4 +1,5 @@
-"""Which configured model a URL names, and the upstream path the config gives it. Pure.
+"""Every URL shape of the scoring protocols, which configured model a URL names, and the
+upstream path the config gives it. Pure.
 
 A URL segment never becomes part of an upstream URL unless the config named it: the model
 is looked up by name, the version is a configured stage's version or a plain number, and
@@ -8,11 +9,48 @@ every value is percent-encoded into the configured template (protocols.md §1.2,
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
 from urllib.parse import quote
 
-from proxy.config import VERSION_RE, ModelConfig
+from proxy.config import ModelConfig
+from proxy.config.base import VERSION_RE
 from proxy.errors import UnknownEndpoint, UnknownModel
 from proxy.models import ModelRef
+
+
+class UrlKind(Enum):
+    LEGACY = "legacy"  # /model/<name>/<version-or-stage>/invocations (§1.2)
+    MODEL_ENDPOINT = "model-endpoint"  # /model-endpoint/<name>/<version>/invocations (§1.5)
+    SERVING_ENDPOINT = "serving-endpoint"  # /serving-endpoints/<endpoint>/invocations (§1.5)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringUrl:
+    """A scoring URL's kind and its path parameters (`name` None for serving-endpoints)."""
+
+    kind: UrlKind
+    name: str | None
+    segment: str
+
+
+def scoring_url(path: str) -> ScoringUrl | None:
+    """Which scoring URL `path` is (§1.2, §1.5), or None for any other path.
+
+    A parameter is one non-empty path segment, as Starlette's `{param}` matches it.
+    """
+    if not path.endswith("/invocations"):
+        return None
+    parts = path.split("/")
+    # ["", "model", name, version, "invocations"] and the like; empty segments never match.
+    if len(parts) == 5 and parts[2] and parts[3]:
+        if parts[1] == "model":
+            return ScoringUrl(UrlKind.LEGACY, parts[2], parts[3])
+        if parts[1] == "model-endpoint":
+            return ScoringUrl(UrlKind.MODEL_ENDPOINT, parts[2], parts[3])
+    elif len(parts) == 4 and parts[1] == "serving-endpoints" and parts[2]:
+        return ScoringUrl(UrlKind.SERVING_ENDPOINT, None, parts[2])
+    return None
 
 
 def resolve_legacy(models: Mapping[str, ModelConfig], name: str, segment: str) -> ModelRef:

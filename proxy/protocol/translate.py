@@ -96,7 +96,7 @@ def _new_payload(req: LegacyRequest) -> Any:
 
 
 class ErrorRule(StrEnum):
-    """The rows of §6.4, evaluated top to bottom; also a metrics label."""
+    """The rows of §6.4, evaluated top to bottom."""
 
     PREDICT_ERROR = "M1"
     RAW_PREDICT_EXCEPTION = "M2"
@@ -111,17 +111,6 @@ class ErrorRule(StrEnum):
     UNAVAILABLE = "M11"
     SERVER_ERROR = "M12"
     PROTOCOL_ERROR = "M13"
-
-
-def classify_upstream_error(status: int, content_type: str, body: bytes) -> ErrorRule | None:
-    """Which §6.4 row an upstream reply falls under; None for a 200 (§5.3 applies).
-
-    `ErrorRule.VALIDATION_GAP` (M5) is a request the proxy's §4 validation let through and
-    the new side refused: worth counting (§8.7).
-    """
-    if status == 200:
-        return None
-    return _match(status, body, v2.read_error(body))
 
 
 def _match(status: int, body: bytes, err: v2.UpstreamError | None) -> ErrorRule:

@@ -1,6 +1,6 @@
 """A whole migration, end to end: real proxy processes, real simulators, the real CLI.
 
-Issue 3's "done when": start at 0% with shadowing, read the parity, step up, watch an
+The cutover as an operator runs it: start at 0% with shadowing, read the parity, step up, watch an
 injected fault roll it back, finish at 100%, keep the state across a restart, and share
 it between two replicas through a real redis-server. Every wait polls under a deadline
 and every request loop is bounded; nothing asserts a duration.

@@ -1,4 +1,4 @@
-"""The dashboard in a real headless Chromium, driven over the DevTools protocol (issue 4).
+"""The dashboard in a real headless Chromium, driven over the DevTools protocol.
 
 A scripted run through real simulators fills the statistics; Chromium opens
 `/admin/dashboard` with the admin token, and the test checks that the page loaded with no
@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 from proxy import jsoncodec
 from proxy.app import create_app
 from proxy.config import ADMIN_TOKEN_ENV, parse_config
-from proxy.simulator import create_simulator_app
+from sim.app import create_simulator_app
 from tests.conftest import PROJECT_ROOT
 from tests.servers import LiveServer
 
@@ -145,7 +145,7 @@ def chromium() -> Iterator[str]:
 
 
 def scripted_run(proxy_url: str) -> int:
-    """A cutover in three phases through issue 3's admin API: all legacy, half serverless,
+    """A cutover in three phases through the admin API: all legacy, half serverless,
     then a rollback; every request shadowed to the other side. Returns the requests sent."""
     body = {"columns": ["a", "b"], "data": [[1, 2], [3, 4]]}
     legacy_type = {"content-type": "application/json; format=pandas-split"}

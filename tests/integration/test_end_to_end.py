@@ -23,9 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy import errors
-from proxy.simulator import create_simulator_app
+from sim.app import create_simulator_app
+from sim.corpus import Case, load_cases
+from sim.equality import assert_legacy_equivalent
 from tests.conftest import CORPUS
-from tests.corpus import Case, assert_legacy_equivalent, load_cases
 from tests.integration.proxy_process import ProxyProcess
 from tests.servers import LiveServer
 

@@ -33,7 +33,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.corpus import Case, assert_legacy_equivalent, load_cases, parse_json
+from proxy import jsoncodec
+from sim.corpus import Case, load_cases
+from sim.equality import assert_legacy_equivalent
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
@@ -104,7 +106,7 @@ def assert_protocol_extras(case: Case, response: httpx.Response) -> None:
         allowed = {method.strip() for method in response.headers.get("allow", "").split(",")}
         assert allowed == {m.strip() for m in recorded.headers["allow"].split(",")}, context
     try:
-        expected = parse_json(recorded.body)
+        expected = jsoncodec.loads(recorded.body)
     except ValueError:
         expected = None
         local_bytes = 200 <= recorded.status < 300
@@ -117,7 +119,7 @@ def assert_protocol_extras(case: Case, response: httpx.Response) -> None:
         difference = DOCUMENTED_DIFFERENCES.get(case.id)
         reason = difference[0] if difference else None
         keys = difference[1] if difference else frozenset(expected)
-        got = parse_json(response.content)
+        got = jsoncodec.loads(response.content)
         # §6.4 drops sqlstate/error_class; §8.2 keeps stack_trace where 1.30.1 had one (its
         # text is a different traceback, so only the key is compared).
         assert frozenset(got) == keys, f"{context} (documented difference: {reason})"

@@ -1,4 +1,4 @@
-"""Reporting end to end, on real loopback sockets (issue 4 "How it is verified").
+"""Reporting end to end, on real loopback sockets.
 
 Simulators with a known delay sit behind the proxy; a scripted run goes through, and the
 test checks that Server-Timing agrees with the access-log line of the same request id, that
@@ -26,9 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import jsoncodec
 from proxy.app import create_app
+from proxy.cli.report import MODEL_COLUMNS, run_report
 from proxy.config import ADMIN_TOKEN_ENV, parse_config
-from proxy.report import MODEL_COLUMNS, run_report
-from proxy.simulator import create_simulator_app
+from sim.app import create_simulator_app
 from tests.integration.proxy_process import ProxyProcess, free_port
 from tests.servers import LiveServer
 

@@ -1,6 +1,6 @@
 """Fixtures for the load-test suite: simulators as child processes on loopback, and the CLI.
 
-The simulators run as `python -m proxy simulate` children, not in the pytest process, so
+The simulators run as `python -m sim simulate` children, not in the pytest process, so
 the load generator, the simulator and pytest each have their own interpreter (two cores),
 and a test can freeze a simulator with SIGSTOP to make a real one-second stall. Every
 child is stopped by its PID. Locust itself is never imported here: it monkey-patches the
@@ -30,7 +30,7 @@ RUN_TIMEOUT_S = 90.0
 
 
 class SimulatorProcess(ChildServer):
-    """`python -m proxy simulate --kind KIND --port N` in a child process, for one module."""
+    """`python -m sim simulate --kind KIND --port N` in a child process, for one module."""
 
     name = "simulator"
     ready_path = "/_sim/stats"
@@ -43,7 +43,7 @@ class SimulatorProcess(ChildServer):
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "proxy", "simulate",
+            sys.executable, "-m", "sim", "simulate",
             "--kind", self.kind, "--host", "127.0.0.1", "--port", str(self.port), *self.extra,
         ]  # fmt: skip
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loadtests import cli, mix
-from proxy.__main__ import main as proxy_main
+from proxy.cli.main import main as proxy_main
 from tests.conftest import CORPUS
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from loadtests import mix
-from proxy.simulator import create_simulator_app
+from sim.app import create_simulator_app
 from tests.conftest import CORPUS
 
 SAMPLES = sorted(mix.SAMPLES_DIR.glob("*.jsonl"))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy import jsoncodec
 from proxy.errors import (
     E1_MALFORMED_JSON,
     E2_NOT_LIST_OR_DICT,
@@ -31,16 +32,8 @@ from proxy.errors import (
 from proxy.models import LegacyFormat, Reply, V2Request
 from proxy.protocol.legacy import parse_request
 from proxy.protocol.translate import legacy_to_v2, v2_to_legacy
-from tests.corpus import (
-    Case,
-    Response,
-    Side,
-    assert_legacy_equivalent,
-    json_equal,
-    load_cases,
-    media_type,
-    parse_json,
-)
+from sim.corpus import Case, Response, Side, load_cases
+from sim.equality import assert_legacy_equivalent, json_equal, media_type
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 CASES = load_cases()
@@ -99,7 +92,7 @@ def _rejected_before_model(response: Response) -> bool:
         return True
     if response.status != 400:
         return False
-    return parse_json(response.body)["message"] in _EARLY_MESSAGES
+    return jsoncodec.loads(response.body)["message"] in _EARLY_MESSAGES
 
 
 def _legacy(case: Case) -> Side:
@@ -126,7 +119,7 @@ FORWARDED_SIDES = [
 
 
 def _canonical(body: str | bytes) -> str:
-    return json.dumps(parse_json(body), sort_keys=True)
+    return json.dumps(jsoncodec.loads(body), sort_keys=True)
 
 
 Key = tuple[str, str, str | None, str]
@@ -202,7 +195,7 @@ def test_local_reply_matches_legacy(case: Case) -> None:
     assert reply.content_type == recorded.content_type
     if media_type(recorded.content_type) == "application/json":
         # The proxy reproduces 1.30.1's message exactly; only the traceback differs (§8.2).
-        expected, actual = parse_json(recorded.body), parse_json(reply.body)
+        expected, actual = jsoncodec.loads(recorded.body), jsoncodec.loads(reply.body)
         assert actual["message"] == expected["message"]
         assert list(actual) == list(expected)
     else:
@@ -226,14 +219,14 @@ def test_translated_request_matches_recording(case: Case, name: str, side: Side)
     if case.id in RAW_CASES:
         # The recording sent the legacy body as is and failed; the translation is the body
         # another case of this model sent with the same data.
-        assert not json_equal(parse_json(out.body), parse_json(side.request.body))
+        assert not json_equal(jsoncodec.loads(out.body), jsoncodec.loads(side.request.body))
         assert _key(case, name, out) in RECORDED_REQUESTS
         return
     assert media_type(out.content_type) == media_type(side.request.content_type)
     if out.content_type == "text/csv":
         assert out.body == side.request.body_bytes
     else:
-        assert json_equal(parse_json(out.body), parse_json(side.request.body), rel=0.0)
+        assert json_equal(jsoncodec.loads(out.body), jsoncodec.loads(side.request.body), rel=0.0)
 
 
 @pytest.mark.parametrize(
@@ -254,7 +247,8 @@ def test_translated_reply_matches_legacy(case: Case, name: str, side: Side) -> N
         assert_legacy_equivalent(reply.status, reply.content_type, reply.body, recorded)
         assert reply.content_type == recorded.content_type
         if recorded.status != 200:
-            same = parse_json(reply.body)["message"] == parse_json(recorded.body)["message"]
+            message = jsoncodec.loads(recorded.body)["message"]
+            same = jsoncodec.loads(reply.body)["message"] == message
             # Strict both ways, like xfail_strict: a listed case that starts to match is news.
             assert same is (case.id not in MESSAGE_DIFFERS), MESSAGE_DIFFERS.get(case.id)
 
@@ -272,10 +266,10 @@ def test_v2_only_cases_forward_unchanged_when_accepted(case: Case) -> None:
         assert legacy_to_v2(req).body == request.body_bytes
         reply = _reply(side.response)
         if side.response.status == 200:
-            predictions = parse_json(side.response.body)["predictions"]
+            predictions = jsoncodec.loads(side.response.body)["predictions"]
             assert reply.body == json.dumps(predictions).encode()
         else:
-            assert (reply.status, parse_json(reply.body)["error_code"]) == (400, "BAD_REQUEST")
+            assert (reply.status, jsoncodec.loads(reply.body)["error_code"]) == (400, "BAD_REQUEST")
 
 
 @pytest.mark.parametrize("case_id", ["iris/v2-split-raw", "iris/v2-records-raw"])

@@ -8,6 +8,7 @@ from proxy.config import parse_config
 from proxy.errors import UnknownEndpoint, UnknownModel
 from proxy.models import ModelRef
 from proxy.protocol import paths
+from proxy.protocol.paths import ScoringUrl, UrlKind, scoring_url
 
 CONFIG = parse_config(
     {
@@ -80,3 +81,29 @@ def test_model_endpoint() -> None:
 def test_render_path_encodes_every_value(template: str, expected: str) -> None:
     ref = ModelRef(name="a b", requested="3", version="3", endpoint="e/x")
     assert paths.render_path(template, ref) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "url"),
+    [
+        ("/model/iris/1/invocations", ScoringUrl(UrlKind.LEGACY, "iris", "1")),
+        ("/model/iris/Production/invocations", ScoringUrl(UrlKind.LEGACY, "iris", "Production")),
+        ("/model/a%2Fb/1/invocations", ScoringUrl(UrlKind.LEGACY, "a%2Fb", "1")),
+        ("/model-endpoint/iris/2/invocations", ScoringUrl(UrlKind.MODEL_ENDPOINT, "iris", "2")),
+        ("/serving-endpoints/ep/invocations", ScoringUrl(UrlKind.SERVING_ENDPOINT, None, "ep")),
+        # Werkzeug's strict slashes: 1.30.1 answered these 404, so they are not scoring URLs.
+        ("/model/iris/1/invocations/", None),
+        ("/model//1/invocations", None),
+        ("/model/iris//invocations", None),
+        ("/model/iris/1/2/invocations", None),
+        ("/serving-endpoints//invocations", None),
+        ("/serving-endpoints/a/b/invocations", None),
+        ("/invocations", None),
+        ("/models/iris/1/invocations", None),
+        ("/model/iris/1/ping", None),
+        ("/model/iris/1/invocationsx", None),
+        ("", None),
+    ],
+)
+def test_scoring_url_shapes(path: str, url: ScoringUrl | None) -> None:
+    assert scoring_url(path) == url

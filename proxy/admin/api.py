@@ -1,0 +1,174 @@
+"""The admin API under `/admin/` on the proxy's own port: read and change the cutover.
+
+Shell: parses requests, calls the cutover and the shadow, replies with JSON views
+(`proxy.admin.views`). Every endpoint first calls `auth.require_admin`; every refusal is
+an `AdminError` raised for the app's one error renderer, never a reply built here.
+
+    GET  /admin/models                      every model: weights, rollout, parity
+    GET  /admin/models/{model}              one model, with its last mismatches
+    PUT  /admin/models/{model}              {"serverless_percent": 25, "reason": "..."}
+    POST /admin/models/{model}/promote      next rollout step now (also pause, resume,
+                                            rollback; body {"reason": ..., "to": ...})
+    GET  /admin/models/{model}/history      the audit log of one model, newest first
+    GET  /admin/audit                       the audit log of every model
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from proxy import jsoncodec
+from proxy.admin.auth import require_admin
+from proxy.admin.views import model_view
+from proxy.asgi import ALL_METHODS
+from proxy.cutover import Cutover
+from proxy.cutover.commands import ChangeError, parse_change
+from proxy.cutover.store import StateError
+from proxy.cutover.table import UnknownModelError
+from proxy.errors import JSON, AdminError
+from proxy.runtime import Runtime
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+MOVES = ("promote", "pause", "resume", "rollback")
+
+
+def _json(obj: Any) -> Response:
+    """A success reply; refusals are raised as `AdminError`."""
+    return Response(jsoncodec.dumps(obj), media_type=JSON)
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.state.runtime
+    return runtime
+
+
+def _model_name(cutover: Cutover, request: Request) -> str:
+    model: str = request.path_params["model"]
+    if model not in cutover.models():
+        raise AdminError(404, "unknown_model", f"no model '{model}' is configured")
+    return model
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", str(DEFAULT_LIMIT))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise AdminError(400, "bad_request", f"limit must be an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        return jsoncodec.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise AdminError(400, "bad_request", "the body must be JSON") from None
+
+
+async def _change(coro: Any) -> Any:
+    """Run a cutover change, mapping its refusals to admin replies."""
+    try:
+        return await coro
+    except ChangeError as exc:
+        raise AdminError(400, "bad_change", str(exc)) from None
+    except UnknownModelError as exc:
+        raise AdminError(404, "unknown_model", f"no model {exc} is configured") from None
+    except StateError as exc:
+        raise AdminError(503, "state_unavailable", str(exc)) from None
+
+
+async def list_models(request: Request) -> Response:
+    require_admin(request)
+    _method(request, "GET")
+    runtime = _runtime(request)
+    return _json(
+        {"models": [model_view(runtime, m, mismatches=False) for m in runtime.cutover.models()]}
+    )
+
+
+async def model(request: Request) -> Response:
+    actor = require_admin(request)
+    _method(request, "GET", "PUT")
+    runtime = _runtime(request)
+    name = _model_name(runtime.cutover, request)
+    if request.method == "PUT":
+        data = await _body(request)
+        try:
+            change = parse_change(data)
+        except ChangeError as exc:
+            raise AdminError(400, "bad_change", str(exc)) from None
+        await _change(runtime.cutover.set_weights(name, change, actor))
+    return _json(model_view(runtime, name, mismatches=True))
+
+
+async def move(request: Request) -> Response:
+    actor = require_admin(request)
+    _method(request, "POST")
+    runtime = _runtime(request)
+    name = _model_name(runtime.cutover, request)
+    action = request.url.path.rsplit("/", 1)[1]
+    data = await _body(request)
+    if not isinstance(data, dict):
+        raise AdminError(400, "bad_request", "the body must be a JSON object")
+    allowed = {"reason", "to"} if action == "rollback" else {"reason"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise AdminError(400, "bad_request", f"unknown field: {unknown[0]}")
+    reason = data.get("reason", "")
+    if not isinstance(reason, str):
+        raise AdminError(400, "bad_request", "reason must be a string")
+    cutover = runtime.cutover
+    if action == "rollback":
+        to = data.get("to")
+        if to not in (None, "zero", "last_good"):
+            raise AdminError(400, "bad_request", "to must be 'zero' or 'last_good'")
+        await _change(cutover.rollback(name, actor, reason, to))
+    else:
+        await _change(getattr(cutover, action)(name, actor, reason))
+    return _json(model_view(runtime, name, mismatches=False))
+
+
+async def history(request: Request) -> Response:
+    require_admin(request)
+    _method(request, "GET")
+    runtime = _runtime(request)
+    name = _model_name(runtime.cutover, request)
+    entries = await _change(runtime.cutover.history(name, _limit(request)))
+    return _json({"model": name, "history": [e.to_json() for e in entries]})
+
+
+async def audit(request: Request) -> Response:
+    require_admin(request)
+    _method(request, "GET")
+    runtime = _runtime(request)
+    entries = await _change(runtime.cutover.store.audit(None, _limit(request)))
+    return _json({"audit": [e.to_json() for e in entries]})
+
+
+def _method(request: Request, *allowed: str) -> None:
+    if request.method not in allowed:
+        raise AdminError(
+            405,
+            "method_not_allowed",
+            f"use {' or '.join(allowed)}",
+            (("allow", ", ".join(allowed)),),
+        )
+
+
+def routes() -> list[Route]:
+    """Every admin route takes every method, so that without a token each answers 404
+    (never a 405 that would show the route exists); the handlers check the method after
+    `require_admin`."""
+    return [
+        Route("/admin/models", list_models, methods=ALL_METHODS),
+        Route("/admin/models/{model}", model, methods=ALL_METHODS),
+        *(Route(f"/admin/models/{{model}}/{word}", move, methods=ALL_METHODS) for word in MOVES),
+        Route("/admin/models/{model}/history", history, methods=ALL_METHODS),
+        Route("/admin/audit", audit, methods=ALL_METHODS),
+    ]

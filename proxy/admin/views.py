@@ -1,0 +1,109 @@
+"""The JSON the admin API shows: plain functions from the proxy's state to dicts.
+
+Read only: a view never changes what it shows, and knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.config.cutover import RolloutConfig
+from proxy.cutover import Cutover
+from proxy.cutover.rollout import Action, RolloutState, RolloutStatus, WindowStats, next_step
+from proxy.cutover.table import ModelState
+from proxy.runtime import Runtime
+
+
+def cutover_view(cutover: Cutover, name: str) -> dict[str, Any]:
+    """One model's weights, rollout and gate window (without shadow parity).
+
+    Raises:
+        UnknownModelError: the config serves no such model.
+    """
+    state = cutover.state(name)
+    policy = cutover.config.models[name].rollout
+    out: dict[str, Any] = {
+        "model": name,
+        "serverless_percent": state.serverless_percent,
+        "shadow_percent": state.shadow_percent,
+        "source": state.source,
+        "changed_at": state.changed_at,
+        "rollout": None,
+    }
+    if policy is not None:
+        out["rollout"] = rollout_view(policy, state, cutover.last_action(name))
+    out["window"] = window_view(cutover.window(name))
+    return out
+
+
+def rollout_view(policy: RolloutConfig, state: ModelState, action: Action | None) -> dict[str, Any]:
+    """Where the model's rollout is, its policy, and the last gate evaluation."""
+    rollout = state.rollout or RolloutState(RolloutStatus.RUNNING, state.changed_at)
+    return {
+        "status": str(rollout.status),
+        "since": rollout.since,
+        "reason": rollout.reason,
+        "steps": list(policy.steps),
+        "next_step": next_step(policy.steps, state.serverless_percent),
+        "interval_s": policy.interval,
+        "window_s": policy.window_s,
+        "on_failure": policy.on_failure,
+        "evaluation": None if action is None else evaluation_view(action),
+    }
+
+
+def evaluation_view(action: Action) -> dict[str, Any]:
+    """What the gates said at the last tick, gate by gate."""
+    return {
+        "action": action.kind,
+        "reason": action.reason,
+        "gates": [
+            {
+                "gate": g.gate,
+                "outcome": str(g.outcome),
+                "value": g.value,
+                "limit": g.limit,
+                "samples": g.samples,
+                "min_samples": g.min_samples,
+                "reason": g.reason,
+            }
+            for g in action.gates
+        ],
+    }
+
+
+def window_view(window: WindowStats) -> dict[str, Any]:
+    """The gate window's counts, latencies in milliseconds."""
+    return {
+        "serverless_calls": window.serverless_calls,
+        "serverless_errors": window.serverless_errors,
+        "serverless_p99_ms": None
+        if window.serverless_p99_s is None
+        else window.serverless_p99_s * 1000,
+        "legacy_calls": window.legacy_calls,
+        "legacy_p99_ms": None if window.legacy_p99_s is None else window.legacy_p99_s * 1000,
+        "parity_samples": window.parity_samples,
+        "parity_matches": window.parity_matches,
+    }
+
+
+def model_view(runtime: Runtime, name: str, *, mismatches: bool) -> dict[str, Any]:
+    """One model as the admin API shows it: the cutover view, its shadow parity, the
+    process-wide shadow slots, and with `mismatches` the last mismatched requests.
+
+    Raises:
+        UnknownModelError: the config serves no such model.
+    """
+    view = cutover_view(runtime.cutover, name)
+    view["parity"] = runtime.shadow.parity(name).to_json()
+    # Process-wide: every model's shadow calls share these slots.
+    view["shadow"] = {
+        "in_flight": runtime.shadow.in_flight,
+        "max_concurrency": runtime.config.shadow.max_concurrency,
+        "isolation": runtime.config.shadow.isolation,
+        # The shadow worker process, once the first shadow call has started it.
+        "worker_pid": runtime.shadow.worker_pid,
+    }
+    if mismatches:
+        view["mismatches"] = [m.to_json() for m in runtime.shadow.mismatches(name)]
+    return view

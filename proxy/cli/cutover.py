@@ -1,0 +1,188 @@
+"""The cutover commands of the CLI, talking to a running proxy's admin API over HTTP.
+
+    serving-proxy status [MODEL] [--json]
+    serving-proxy cutover MODEL [PERCENT] [--shadow PERCENT] [--reason TEXT]
+    serving-proxy promote|pause|resume MODEL [--reason TEXT]
+    serving-proxy rollback MODEL [--to zero|last_good] [--reason TEXT]
+    serving-proxy history MODEL [--limit N]
+
+The proxy is `--url` (default `$SERVING_PROXY_URL`, else http://127.0.0.1:8080); the token
+is `$SERVING_PROXY_ADMIN_TOKEN`, never a flag, so it stays out of shell history and `ps`.
+httpx is the control-plane client (the hot path has its own: proxy/upstream/http1.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from proxy import jsoncodec
+from proxy.cli.client import DEFAULT_TIMEOUT_S, DEFAULT_URL, URL_ENV, AdminClient, CliError
+from proxy.config import ADMIN_TOKEN_ENV
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 100: {text!r}")
+    return value
+
+
+def add_admin_commands(sub: Any) -> None:
+    """Add the cutover subcommands to the `serving-proxy` parser's subparsers."""
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--url",
+            default=None,
+            help=f"the proxy's base URL (default: ${URL_ENV}, else {DEFAULT_URL})",
+        )
+        parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+        parser.set_defaults(func=run_admin_command)
+
+    status = sub.add_parser("status", help="show every model's weights, rollout and parity")
+    status.add_argument("model", nargs="?")
+    status.add_argument("--json", action="store_true", help="print the admin API's JSON")
+    common(status)
+    status.set_defaults(admin="status")
+
+    cutover = sub.add_parser("cutover", help="set a model's serverless (and shadow) percent")
+    cutover.add_argument("model")
+    cutover.add_argument("percent", nargs="?", type=_percent, help="serverless_percent 0..100")
+    cutover.add_argument("--shadow", type=_percent, help="shadow_percent 0..100")
+    cutover.add_argument("--reason", default="", help="recorded in the audit log")
+    common(cutover)
+    cutover.set_defaults(admin="cutover")
+
+    for move, text in (
+        ("promote", "go to the next rollout step now"),
+        ("pause", "stop the rollout's automatic steps (gates still roll back)"),
+        ("resume", "run the rollout again from the current weight"),
+        ("rollback", "send the model's traffic back to legacy now"),
+    ):
+        parser = sub.add_parser(move, help=text)
+        parser.add_argument("model")
+        parser.add_argument("--reason", default="", help="recorded in the audit log")
+        if move == "rollback":
+            parser.add_argument("--to", choices=("zero", "last_good"), default=None)
+        common(parser)
+        parser.set_defaults(admin=move)
+
+    history = sub.add_parser("history", help="a model's changes, newest first")
+    history.add_argument("model")
+    history.add_argument("--limit", type=int, default=20)
+    common(history)
+    history.set_defaults(admin="history")
+
+
+def _call(client: AdminClient, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """The admin API's reply; every cutover command needs the token, so none is sent without."""
+    if client.token is None:
+        raise CliError(f"set {ADMIN_TOKEN_ENV} to the proxy's admin token", 2)
+    return client.request(method, path, body)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}%"
+
+
+def _note(view: Mapping[str, Any]) -> str:
+    rollout = view.get("rollout")
+    if rollout:
+        evaluation = rollout.get("evaluation")
+        if evaluation:
+            return str(evaluation["reason"])
+        return str(rollout.get("reason") or "")
+    return ""
+
+
+def print_status(views: list[Mapping[str, Any]], out: TextIO) -> None:
+    """A table: one line per model."""
+    rows = [("MODEL", "SERVERLESS", "SHADOW", "ROLLOUT", "PARITY", "NOTE")]
+    for view in views:
+        parity = view.get("parity", {})
+        rate = parity.get("rate")
+        rollout = view.get("rollout")
+        rows.append(
+            (
+                view["model"],
+                _pct(view["serverless_percent"]),
+                _pct(view["shadow_percent"]),
+                "-" if not rollout else f"{rollout['status']}",
+                "-" if rate is None else f"{rate:.4f} of {parity.get('compared', 0)}",
+                _note(view),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)]
+        print("  ".join([*cells, row[5]]).rstrip(), file=out)
+
+
+def print_history(data: Mapping[str, Any], out: TextIO) -> None:
+    for entry in data["history"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
+        old = entry.get("old") or {}
+        new = entry["new"]
+        marker = "  <- ROLLBACK" if entry["action"] == "rollback" else ""
+        print(
+            f"{when}  {entry['action']:<8} {entry['actor']:<10} "
+            f"{_pct(old.get('serverless_percent'))} -> {_pct(new.get('serverless_percent'))}"
+            f"  {entry['reason']}{marker}",
+            file=out,
+        )
+
+
+def run_admin_command(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Run one cutover subcommand; the exit status (0 ok, 1 refused or unreachable, 2 usage)."""
+    env = os.environ if environ is None else environ
+    stream = sys.stdout if out is None else out
+    command: str = args.admin
+    client = AdminClient.from_environment(args.url, env, args.timeout)
+    try:
+        if command == "status":
+            if args.model:
+                views = [_call(client, "GET", f"/admin/models/{args.model}")]
+            else:
+                views = _call(client, "GET", "/admin/models")["models"]
+            if args.json:
+                print(jsoncodec.dumps(views if not args.model else views[0]).decode(), file=stream)
+            else:
+                print_status(views, stream)
+            return 0
+        if command == "cutover":
+            body: dict[str, Any] = {}
+            if args.percent is not None:
+                body["serverless_percent"] = args.percent
+            if args.shadow is not None:
+                body["shadow_percent"] = args.shadow
+            if not body:
+                raise CliError("give PERCENT and/or --shadow PERCENT", 2)
+            if args.reason:
+                body["reason"] = args.reason
+            view = _call(client, "PUT", f"/admin/models/{args.model}", body)
+        elif command == "history":
+            data = _call(client, "GET", f"/admin/models/{args.model}/history?limit={args.limit}")
+            print_history(data, stream)
+            return 0
+        else:
+            body = {"reason": args.reason} if args.reason else {}
+            if command == "rollback" and args.to:
+                body["to"] = args.to
+            view = _call(client, "POST", f"/admin/models/{args.model}/{command}", body)
+        print_status([view], stream)
+        return 0
+    except CliError as exc:
+        print(f"serving-proxy {command}: {exc}", file=sys.stderr)
+        return exc.code

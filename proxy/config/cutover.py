@@ -1,0 +1,114 @@
+"""The cutover's sections: client keys, route overrides, shadowing, comparison and the
+rollout with its gates. Pure."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from proxy.config.base import Duration, Frozen, Percent, Share
+
+DEFAULT_SHADOW_CONCURRENCY = 16
+DEFAULT_MISMATCHES_KEPT = 50
+DEFAULT_ABS_TOL = 1e-6
+DEFAULT_REL_TOL = 1e-6
+DEFAULT_GATE_MIN_SAMPLES = 20
+DEFAULT_MAX_ERROR_RATE = 0.01
+
+
+class ClientKeyConfig(Frozen):
+    """What makes a client sticky, tried in this order; none found: per request.
+
+    The address is `scope["client"]`, which uvicorn sets from X-Forwarded-For only for the
+    peers in `server.trusted_proxies`.
+    """
+
+    header: str | None = None
+    authorization: bool = False
+    address: bool = True
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", value):
+            raise ValueError("must be an HTTP header name")
+        return None if value is None else value.lower()
+
+
+class RouteOverrideConfig(Frozen):
+    """Client keys allowed to choose their backend with `X-Serving-Proxy-Route`."""
+
+    clients: tuple[str, ...] = ()
+
+
+class CompareConfig(Frozen):
+    """How a shadow answer is compared with the primary one."""
+
+    abs_tol: float = Field(DEFAULT_ABS_TOL, ge=0)
+    rel_tol: float = Field(DEFAULT_REL_TOL, ge=0)
+    # `$.a[*].b` paths (`*` any key or index), or a bare key name matched at any depth.
+    ignore: tuple[str, ...] = ()
+    ignore_order: bool = False
+
+
+class ShadowConfig(Frozen):
+    """Process-wide shadowing limits; the share per model is `shadow_percent`."""
+
+    max_concurrency: int = Field(DEFAULT_SHADOW_CONCURRENCY, ge=1)
+    keep_mismatches: int = Field(DEFAULT_MISMATCHES_KEPT, ge=0)
+    # Off: a mismatch keeps the differing field's two values only, never the bodies.
+    keep_payloads: bool = False
+    # Where shadow calls and comparisons run: `process`, a worker process of their own
+    # (`proxy.shadowworker`), so their CPU never stalls the event loop that answers
+    # clients; `inline`, tasks on that event loop (no extra process).
+    isolation: Literal["process", "inline"] = "process"
+
+
+class ErrorRateGate(Frozen):
+    max: Share = DEFAULT_MAX_ERROR_RATE
+    min_samples: int = Field(DEFAULT_GATE_MIN_SAMPLES, ge=1)
+
+
+class LatencyGate(Frozen):
+    """Serverless p99 over legacy p99; a p99 at or under `floor_ms` always passes."""
+
+    max: float = Field(1.5, gt=0)
+    min_samples: int = Field(DEFAULT_GATE_MIN_SAMPLES, ge=1)
+    floor_ms: float = Field(0.0, ge=0)
+
+
+class ParityGate(Frozen):
+    min: Share = 0.99
+    min_samples: int = Field(DEFAULT_GATE_MIN_SAMPLES, ge=1)
+
+
+class Gates(Frozen):
+    error_rate: ErrorRateGate | None = ErrorRateGate()
+    p99_ratio: LatencyGate | None = None
+    parity: ParityGate | None = None
+
+
+class RolloutConfig(Frozen):
+    """Progressive rollout: step up each `interval` while every gate passes."""
+
+    steps: tuple[Percent, ...]
+    interval: Duration
+    # The sliding window the gates read; the interval when not given.
+    window: Duration | None = None
+    on_failure: Literal["zero", "last_good"] = "zero"
+    gates: Gates = Gates()
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value:
+            raise ValueError("must list at least one step")
+        if list(value) != sorted(set(value)):
+            raise ValueError("must be strictly increasing")
+        return value
+
+    @property
+    def window_s(self) -> float:
+        return self.window if self.window is not None else self.interval

@@ -1,0 +1,118 @@
+"""The cutover: which share of each model's clients goes to serverless, and every change to it.
+
+One module per job; `Cutover` only wires them together for the app:
+
+- `table`: the live routing table and the hot-path decision (no I/O);
+- `commands`: compare-and-set changes through the store, and their audit log;
+- `sync`: following the store (the poll loop), so every replica sees every change;
+- `controller` and `window`: the rollout controller and the gate window it judges;
+- `rollout`: the pure gates; `store`: the SQLite / Redis compare-and-set store.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from proxy.config import ProxyConfig
+from proxy.cutover.commands import Commands
+from proxy.cutover.controller import Controller
+from proxy.cutover.store import StateStore, open_store
+from proxy.cutover.sync import DEFAULT_POLL_S, StoreSync
+from proxy.cutover.table import LiveTable, ModelState
+from proxy.routing import RoutingTable
+from proxy.tasks import TaskSet
+
+LOGGER = logging.getLogger("serving_proxy.cutover")
+
+# Told (model, new state, action) after every change this process applies or sees in the
+# store. Actions: `seed`, `set`, `advance`, `promote`, `pause`, `resume`, `rollback`,
+# `done`, or `sync` for a change another process made.
+ChangeListener = Callable[[str, ModelState, str], None]
+
+
+class Cutover:
+    """The routing table of one process, kept in step with the shared store.
+
+    Args:
+        config: the validated config (seeds the state, names the models).
+        store: where state lives; default from `config.state` (None: in memory).
+        clock: wall time (epoch seconds); the rollout interval is measured with it.
+        rng: draws for requests without a client key, and shadow draws.
+        poll_s: how often the store is polled and the rollout gates are evaluated.
+
+    The hot path calls `decide` and `count_call` (and the shadow `count_parity`); they are
+    the parts' own bound methods, so the facade adds no call to a request.
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        store: StateStore | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        poll_s: float = DEFAULT_POLL_S,
+    ) -> None:
+        self.config = config
+        self.store = store if store is not None else open_store(config.state)
+        self.on_change: list[ChangeListener] = []
+        self.live = LiveTable(config, clock(), rng or random.Random())
+        self.sync = StoreSync(self.live, self.store, self._changed, poll_s)
+        self.commands = Commands(self.live, self.store, self.sync, self._changed, clock)
+        self.controller = Controller(self.live, self.commands, clock)
+        self._tasks = TaskSet()
+
+        self.decide = self.live.decide
+        self.count_call = self.controller.count_call
+        self.count_parity = self.controller.count_parity
+
+        self.refresh = self.sync.refresh
+        self.tick = self.controller.tick
+        self.set_weights = self.commands.set_weights
+        self.promote = self.commands.promote
+        self.pause = self.commands.pause
+        self.resume = self.commands.resume
+        self.rollback = self.commands.rollback
+        self.history = self.commands.history
+
+        self.models = self.live.models
+        self.state = self.live.state
+        self.rollout_status = self.live.rollout_status
+        self.window = self.controller.window
+        self.last_action = self.controller.last_action
+
+    @property
+    def table(self) -> RoutingTable:
+        """The snapshot the hot path reads now (replaced whole on every change)."""
+        return self.live.snapshot
+
+    def weight(self, name: str) -> float:
+        """The percent of clients sent to serverless now (raises `UnknownModelError`)."""
+        return self.live.state(name).serverless_percent
+
+    async def start(self) -> None:
+        """Open the store, load or seed every model, and start polling.
+
+        Raises:
+            StateError: the store cannot be opened (start-up stops, naming `state:`).
+        """
+        await self.store.open()
+        await self.sync.refresh(force=True)
+        await self.commands.seed()
+        self._tasks.spawn(self.sync.follow(self.controller.tick), name="cutover-poll")
+
+    async def aclose(self) -> None:
+        await self._tasks.aclose()
+        await self.store.aclose()
+
+    def _changed(self, name: str, old: ModelState, new: ModelState, action: str) -> None:
+        if new.serverless_percent != old.serverless_percent:
+            self.controller.restart(name)
+        for listener in self.on_change:
+            try:
+                listener(name, new, action)
+            except Exception:
+                LOGGER.exception("cutover listener failed")

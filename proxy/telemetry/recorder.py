@@ -1,0 +1,194 @@
+"""Recording a sample of the legacy requests the proxy receives, for load tests to replay,
+and the payload-line format those recordings share with `loadtests/` (its one owner).
+
+Off unless the config turns it on (`recording: {enabled: true, path: ...}`). A sampled
+request is appended as one payload line: its legacy body and Content-Type as received, and
+the MLflow 2 body the proxy translated it into when there is one, so `serving-proxy
+loadtest compare` can replay the same traffic on both sides. Headers are never written
+(tokens live there), and the file stops growing at `max_bytes`.
+
+One payload line is one request body, in one or both protocols (its `legacy` and
+`serverless` sides):
+
+    {"id": "iris/pandas-split", "weight": 1,
+     "legacy": {"content_type": "application/json; format=pandas-split", "body": "{...}"},
+     "serverless": {"content_type": "application/json", "body": "{\\"dataframe_split\\": ...}"}}
+
+`body` is the exact text sent (bare `NaN` tokens and all); a body that is not UTF-8 is given
+as `body_b64` instead. A side may be missing (a recorded sample the proxy could not
+translate has no `serverless` side). Other keys (`model`, `path`, `recorded_at`) are kept
+for people and ignored by the reader.
+
+One small blocking append per *sampled* request; nothing at all for the others. Several
+workers may append to one file: each line is one `write` to an `O_APPEND` descriptor, so
+lines never interleave, and the cap can be overshot by at most one line per worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from proxy import jsoncodec
+from proxy.config.telemetry import RecordingConfig
+
+# Owner-only: the file holds model inputs, which may be personal data.
+FILE_MODE = 0o600
+
+logger = logging.getLogger("serving_proxy.recorder")
+
+Side = Literal["legacy", "serverless"]
+SIDES: tuple[str, ...] = get_args(Side)
+
+
+class PayloadError(ValueError):
+    """A payload line that cannot be used; the message names the file and the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """One request body of a payload line, in one protocol."""
+
+    id: str
+    content_type: str | None
+    body: bytes
+    weight: float = 1.0
+
+
+def encode_side(content_type: str | None, body: bytes) -> dict[str, Any]:
+    """A payload line's `legacy`/`serverless` object for this request."""
+    side: dict[str, Any] = {"content_type": content_type}
+    try:
+        side["body"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        side["body_b64"] = base64.b64encode(body).decode("ascii")
+    return side
+
+
+def _decode_side(side: Any, where: str) -> tuple[str | None, bytes]:
+    if not isinstance(side, dict):
+        raise PayloadError(f"{where}: a side must be an object with content_type and body")
+    content_type = side.get("content_type")
+    if content_type is not None and not isinstance(content_type, str):
+        raise PayloadError(f"{where}: content_type must be a string or null")
+    if "body" in side:
+        body = side["body"]
+        if not isinstance(body, str):
+            raise PayloadError(f"{where}: body must be a string (the exact text sent)")
+        return content_type, body.encode("utf-8")
+    if "body_b64" in side:
+        try:
+            return content_type, base64.b64decode(side["body_b64"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise PayloadError(f"{where}: body_b64 is not base64") from None
+    raise PayloadError(f"{where}: a side needs body or body_b64")
+
+
+def parse_line(obj: Any, side: Side, where: str) -> Payload | None:
+    """The payload of one parsed line for `side`, or None when the line has no such side.
+
+    Raises:
+        PayloadError: the line is not a payload object.
+    """
+    if not isinstance(obj, dict):
+        raise PayloadError(f"{where}: each line must be a JSON object")
+    payload_id = obj.get("id", where)
+    if not isinstance(payload_id, str) or not payload_id:
+        raise PayloadError(f"{where}: id must be a non-empty string")
+    weight = obj.get("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+        raise PayloadError(f"{where}: weight must be a positive number")
+    if not any(name in obj for name in SIDES):
+        raise PayloadError(f"{where}: a line needs a 'legacy' or 'serverless' side")
+    if side not in obj:
+        return None
+    content_type, body = _decode_side(obj[side], f"{where} {side}")
+    return Payload(payload_id, content_type, body, float(weight))
+
+
+def sample_line(
+    *,
+    model: str,
+    version: str,
+    path: str,
+    content_type: str | None,
+    body: bytes,
+    v2_content_type: str | None = None,
+    v2_body: bytes | None = None,
+    now: float | None = None,
+) -> bytes:
+    """One payload line (with its newline) for this request. Pure."""
+    at = time.time() if now is None else now
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1e6):06d}Z"
+    line: dict[str, Any] = {
+        # One id per model version, so a replay's statistics group by model, not by line.
+        "id": f"recorded/{model}/{version}",
+        "weight": 1,
+        "model": model,
+        "path": path,
+        "recorded_at": stamp,
+        "legacy": encode_side(content_type, body),
+    }
+    if v2_body is not None:
+        line["serverless"] = encode_side(v2_content_type, v2_body)
+    # jsoncodec.dumps is orjson: compact, UTF-8, no NaN issue (bodies are strings here).
+    return jsoncodec.dumps(line) + b"\n"
+
+
+def record_sample(
+    config: RecordingConfig,
+    *,
+    model: str,
+    version: str,
+    path: str,
+    content_type: str | None,
+    body: bytes,
+    v2_content_type: str | None = None,
+    v2_body: bytes | None = None,
+    draw: Callable[[], float] = random.random,
+) -> bool:
+    """Append this request to the recording file if recording is on and it is sampled.
+
+    Never raises: a recording that cannot be written must not fail the request, so the
+    error is logged and the request goes on. Returns True when a line was written.
+
+    Args:
+        config: the `recording:` config.
+        model, version: the resolved model reference.
+        path: the request path as received (`/model/<name>/<version-or-stage>/invocations`).
+        content_type, body: the legacy request as received (None: no Content-Type header).
+        v2_content_type, v2_body: the translated MLflow 2 request, when the proxy built one.
+        draw: returns a number in [0, 1); injected so tests choose what is sampled.
+    """
+    if not config.enabled or config.path is None or config.sample_rate <= 0:
+        return False
+    if draw() >= config.sample_rate:
+        return False
+    line = sample_line(
+        model=model,
+        version=version,
+        path=path,
+        content_type=content_type,
+        body=body,
+        v2_content_type=v2_content_type,
+        v2_body=v2_body,
+    )
+    try:
+        fd = os.open(config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            if os.fstat(fd).st_size + len(line) > config.max_bytes:
+                return False
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        logger.warning("recording: cannot append to %s: %s", config.path, exc.strerror)
+        return False
+    return True

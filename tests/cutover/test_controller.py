@@ -1,0 +1,97 @@
+"""The rollout controller: the gate window and the tick that steps, holds or rolls back."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.admin.views import cutover_view
+from proxy.cutover import Cutover
+from proxy.cutover.commands import parse_change
+from proxy.models import Backend
+from tests.cutover.factory import Clock, Factory, rollout_config
+
+pytestmark = pytest.mark.anyio
+
+
+def kind_of(cutover: Cutover) -> str | None:
+    action = cutover.last_action("iris")
+    return None if action is None else action.kind
+
+
+def feed(cutover: Cutover, ok: int, errors: int) -> None:
+    for _ in range(ok):
+        cutover.count_call("iris", Backend.SERVERLESS, 200, 0.01)
+    for _ in range(errors):
+        cutover.count_call("iris", Backend.SERVERLESS, 503, 0.01)
+
+
+async def test_advances_after_an_interval_of_passing_gates(make: Factory) -> None:
+    clock = Clock()
+    cutover = await make(rollout_config(), clock)
+    feed(cutover, ok=20, errors=0)
+    await cutover.tick()
+    assert cutover.weight("iris") == 5
+    assert kind_of(cutover) == "wait"
+    clock.now += 60
+    feed(cutover, ok=20, errors=0)
+    await cutover.tick()
+    assert cutover.weight("iris") == 25
+    assert (await cutover.history("iris"))[0].action == "advance"
+    # The window starts again at the new weight: no samples, so it holds.
+    clock.now += 60
+    await cutover.tick()
+    assert cutover.weight("iris") == 25
+    action = cutover.last_action("iris")
+    assert action is not None
+    assert action.kind == "hold"
+    assert "error_rate: 0 of 10 samples" in action.reason
+    assert cutover_view(cutover, "iris")["rollout"]["evaluation"]["action"] == "hold"
+
+
+async def test_a_failing_gate_rolls_back_at_once(make: Factory) -> None:
+    clock = Clock()
+    cutover = await make(rollout_config(), clock)
+    feed(cutover, ok=8, errors=4)
+    await cutover.tick()
+    assert cutover.weight("iris") == 0
+    assert cutover.rollout_status("iris") == "rolled_back"
+    entry = (await cutover.history("iris"))[0]
+    assert (entry.action, entry.actor) == ("rollback", "rollout")
+    assert "error_rate 0.333 > 0.1" in entry.reason
+
+
+async def test_few_samples_hold_even_if_all_fail(make: Factory) -> None:
+    cutover = await make(rollout_config())
+    feed(cutover, ok=0, errors=9)
+    await cutover.tick()
+    assert cutover.weight("iris") == 5
+    assert kind_of(cutover) == "hold"
+
+
+async def test_client_errors_do_not_count(make: Factory) -> None:
+    cutover = await make(rollout_config())
+    for _ in range(20):
+        cutover.count_call("iris", Backend.SERVERLESS, 400, 0.01)
+    await cutover.tick()
+    assert cutover.weight("iris") == 5
+
+
+async def test_reaching_the_last_step_is_done(make: Factory) -> None:
+    clock = Clock()
+    cutover = await make(rollout_config(), clock)
+    await cutover.set_weights("iris", parse_change({"serverless_percent": 100}), "ops")
+    await cutover.tick()
+    assert cutover.rollout_status("iris") == "done"
+
+
+async def test_two_processes_advance_once(make: Factory) -> None:
+    clock = Clock()
+    a, b = await make(rollout_config(), clock), await make(rollout_config(), clock)
+    clock.now += 60
+    feed(a, ok=20, errors=0)
+    feed(b, ok=20, errors=0)
+    await a.tick()
+    await b.tick()  # b still believes 5%: its compare-and-set loses, and it re-reads
+    assert a.weight("iris") == b.weight("iris") == 25
+    actions = [e.action for e in await a.history("iris")]
+    assert actions.count("advance") == 1

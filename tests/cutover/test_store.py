@@ -1,0 +1,181 @@
+"""One suite, run against SQLite and against a real redis-server."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from proxy.cutover.store import (
+    AuditEntry,
+    RedisStore,
+    SqliteStore,
+    StateError,
+    StateStore,
+    open_store,
+)
+from tests.redis_server import MISSING, RedisServer, available
+
+pytestmark = pytest.mark.anyio
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    if not available():
+        pytest.skip(MISSING)
+    with RedisServer() as server:
+        yield server.url
+
+
+StoreFactory = Callable[[], StateStore]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Builds stores that all see the same state (one file, or one Redis prefix)."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "state.sqlite3")
+        return lambda: SqliteStore(path)
+    url = request.getfixturevalue("redis_url")
+    prefix = f"test-{next(_prefixes)}"
+    return lambda: RedisStore(url, prefix=prefix)
+
+
+@pytest.fixture
+async def store(factory: StoreFactory) -> AsyncIterator[StateStore]:
+    s = factory()
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.aclose()
+
+
+def entry(model: str = "iris", new: float = 25, reason: str = "test") -> AuditEntry:
+    return AuditEntry(
+        at=1.5,
+        model=model,
+        actor="ops",
+        action="set",
+        old=None,
+        new={"serverless_percent": new},
+        reason=reason,
+    )
+
+
+async def test_starts_empty(store: StateStore) -> None:
+    assert await store.load() == {}
+    assert await store.generation() == 0
+    assert await store.audit() == []
+
+
+async def test_write_then_load(store: StateStore) -> None:
+    assert await store.write("iris", None, {"serverless_percent": 25}, entry())
+    loaded = await store.load()
+    assert loaded["iris"].revision == 1
+    assert loaded["iris"].data == {"serverless_percent": 25}
+    assert await store.generation() == 1
+    assert await store.write("iris", 1, {"serverless_percent": 50}, entry(new=50))
+    assert (await store.load())["iris"].revision == 2
+    assert await store.generation() == 2
+
+
+@pytest.mark.parametrize(
+    ("expected", "why"),
+    [(None, "exists-already"), (7, "stale-revision"), (0, "zero-is-not-absent")],
+)
+async def test_compare_and_set_refuses_and_keeps(
+    store: StateStore, expected: int | None, why: str
+) -> None:
+    assert await store.write("iris", None, {"serverless_percent": 25}, entry())
+    assert not await store.write("iris", expected, {"serverless_percent": 99}, entry(new=99))
+    assert (await store.load())["iris"].data == {"serverless_percent": 25}
+    assert await store.generation() == 1
+    assert len(await store.audit()) == 1
+
+
+async def test_two_writers_one_wins(factory: StoreFactory) -> None:
+    a, b = factory(), factory()
+    await a.open()
+    await b.open()
+    try:
+        assert await a.write("iris", None, {"v": 0}, entry())
+        results: list[bool] = []
+
+        async def write(s: StateStore, value: int) -> None:
+            results.append(await s.write("iris", 1, {"v": value}, entry(new=value)))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write, a, 1)
+            tg.start_soon(write, b, 2)
+        assert sorted(results) == [False, True]
+        assert (await b.load())["iris"].revision == 2
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_audit_is_newest_first_and_filtered(store: StateStore) -> None:
+    assert await store.write("iris", None, {"p": 1}, entry("iris", 1, "first"))
+    assert await store.write("wine", None, {"p": 2}, entry("wine", 2, "second"))
+    assert await store.write("iris", 1, {"p": 3}, entry("iris", 3, "third"))
+    assert [e.reason for e in await store.audit()] == ["third", "second", "first"]
+    assert [e.reason for e in await store.audit("iris")] == ["third", "first"]
+    assert [e.reason for e in await store.audit(limit=1)] == ["third"]
+    assert (await store.audit("iris"))[0] == entry("iris", 3, "third")
+
+
+async def test_survives_a_restart(factory: StoreFactory) -> None:
+    first = factory()
+    await first.open()
+    assert await first.write("iris", None, {"serverless_percent": 25}, entry())
+    await first.aclose()
+    second = factory()
+    await second.open()
+    try:
+        assert (await second.load())["iris"].data == {"serverless_percent": 25}
+        assert len(await second.audit()) == 1
+    finally:
+        await second.aclose()
+
+
+async def test_unwritable_sqlite_path() -> None:
+    store = SqliteStore("/proc/serving-proxy/state.sqlite3")
+    with pytest.raises(StateError, match="cannot open SQLite file"):
+        await store.open()
+
+
+async def test_unreachable_redis() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Nothing listens there now.
+    store = RedisStore(f"redis://127.0.0.1:{port}/0")
+    with pytest.raises(StateError, match="cannot reach"):
+        await store.open()
+    await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        (None, SqliteStore),
+        (":memory:", SqliteStore),
+        ("/var/lib/x.sqlite3", SqliteStore),
+        ("redis://127.0.0.1:6379/0", RedisStore),
+        ("rediss://cache:6380/1", RedisStore),
+    ],
+)
+def test_open_store_by_url(url: str | None, kind: type) -> None:
+    assert isinstance(open_store(url), kind)
+
+
+def test_open_store_refuses_other_schemes() -> None:
+    with pytest.raises(StateError, match="not a store"):
+        open_store("postgres://db/state")

@@ -1,0 +1,37 @@
+"""The one owner of background tasks: strong references until done, cancelled on close."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.tasks import TaskSet
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_task_set_holds_tasks_until_done_and_cancels_on_close() -> None:
+    tasks = TaskSet()
+    gate = asyncio.Event()
+    done: list[str] = []
+
+    async def work(name: str) -> None:
+        await gate.wait()
+        done.append(name)
+
+    spawned = [tasks.spawn(work("a"), name="a"), tasks.spawn(work("b"), name="b")]
+    assert len(tasks) == 2
+    gate.set()
+    await asyncio.wait(spawned)
+    await asyncio.sleep(0)  # done callbacks run on the next turn of the loop
+    assert sorted(done) == ["a", "b"]
+    assert len(tasks) == 0
+    never = asyncio.Event()
+
+    async def stuck() -> None:
+        await never.wait()
+
+    tasks.spawn(stuck(), name="stuck")
+    await tasks.aclose()
+    assert len(tasks) == 0
