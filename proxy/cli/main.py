@@ -86,7 +86,19 @@ EXTERNAL_COMMANDS = {
 def run_external(command: str, argv: Sequence[str]) -> int:
     """Run an `EXTERNAL_COMMANDS` entry with its own arguments; its exit status."""
     module, function, _ = EXTERNAL_COMMANDS[command]
-    code: int = getattr(importlib.import_module(module), function)(list(argv))
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or module.split(".")[0] != exc.name.split(".")[0]:
+            raise  # a missing dependency of the command itself: its own traceback
+        # The container image ships the proxy alone; the tools come with the source tree.
+        print(
+            f"serving-proxy: `{command}` needs the `{exc.name}` package, which this "
+            "installation does not include (install serving-proxy from its source tree)",
+            file=sys.stderr,
+        )
+        return 2
+    code: int = getattr(loaded, function)(list(argv))
     return code
 
 
