@@ -93,7 +93,7 @@ def run_external(command: str, argv: Sequence[str]) -> int:
             raise  # a missing dependency of the command itself: its own traceback
         # The container image ships the proxy alone; the tools come with the source tree.
         print(
-            f"serving-proxy: `{command}` needs the `{exc.name}` package, which this "
+            f"serving-proxy: `{command}` needs the `{exc.name.split('.')[0]}` package, which this "
             "installation does not include (install serving-proxy from its source tree)",
             file=sys.stderr,
         )
