@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, get_args
 
-from proxy.config import ADMIN_TOKEN_ENV
+from proxy.config import ADMIN_TOKEN_ENV, MIN_ADMIN_TOKEN_CHARS
 from sim import demo as demo_run
 from sim.app import create_simulator_app
 from sim.corpus import DEFAULT_CORPUS
@@ -90,6 +90,8 @@ def demo(argv: list[str]) -> int:
     # The proxy child inherits it; its admin API and dashboard need one. Never printed.
     if args.hold and not os.environ.get(ADMIN_TOKEN_ENV):
         parser.error(f"--hold needs {ADMIN_TOKEN_ENV} set: it is the dashboard's password")
+    if args.hold and len(os.environ[ADMIN_TOKEN_ENV]) < MIN_ADMIN_TOKEN_CHARS:
+        parser.error(f"{ADMIN_TOKEN_ENV} needs at least {MIN_ADMIN_TOKEN_CHARS} characters")
     return demo_run.run_demo(
         args.corpus.resolve(), tries=args.tries, start_timeout_s=args.start_timeout, hold=args.hold
     )

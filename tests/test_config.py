@@ -106,6 +106,21 @@ def test_yaml_ints_become_version_strings() -> None:
             id="bad-env-name",
         ),
         pytest.param(
+            {"models": {"iris": {"stages": {"Production": "3\n"}}}},
+            "models.iris.stages.Production",
+            id="version-with-trailing-newline",
+        ),
+        pytest.param({"models": {"iris\n": {}}}, "models.iris", id="name-with-newline"),
+        pytest.param(
+            {"backends": {"serverless": {"url": "http://x", "token_env": "TOKEN\n"}}},
+            "backends.serverless.token_env",
+            id="env-name-with-newline",
+        ),
+        pytest.param({"metrics": {"token_env": "a-b"}}, "metrics.token_env", id="metrics-env"),
+        pytest.param({"redis": {"password_env": "1X"}}, "redis.password_env", id="redis-env"),
+        pytest.param({"limits": {"header_bytes": 10}}, "limits.header_bytes", id="tiny-head"),
+        pytest.param({"limits": {"body_timeout_s": 0}}, "limits.body_timeout_s", id="no-wait"),
+        pytest.param(
             {"server": {"upstream_client": "httpx"}},
             "server.upstream_client",
             id="unknown-upstream-client",
@@ -151,3 +166,41 @@ def test_unreadable_files(tmp_path: Path, text: str, needle: str) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config("/nonexistent/proxy.yaml", {})
+
+
+@pytest.mark.parametrize(
+    ("section", "env"),
+    [
+        ({"metrics": {"token_env": "METRICS_TOKEN"}}, "METRICS_TOKEN"),
+        ({"redis": {"password_env": "REDIS_PASSWORD"}}, "REDIS_PASSWORD"),
+        ({"reporting": {"label_key_env": "LABEL_KEY"}}, "LABEL_KEY"),
+    ],
+)
+def test_every_named_secret_is_read_from_the_environment(section: dict[str, Any], env: str) -> None:
+    config = parse_config({**base(), **section}, {env: "s3cret-value"})
+    assert config.secrets[env].get_secret_value() == "s3cret-value"
+    assert "s3cret-value" not in repr(config)
+    with pytest.raises(ConfigError, match=env):
+        parse_config({**base(), **section}, {}, "proxy.yaml")
+
+
+def test_a_short_admin_token_stops_start_up() -> None:
+    with pytest.raises(ConfigError, match="at least 32") as info:
+        parse_config(base(), {"SERVING_PROXY_ADMIN_TOKEN": "x" * 31}, "proxy.yaml")
+    assert str(info.value).startswith("proxy.yaml: ")
+    assert "x" * 31 not in str(info.value)
+    config = parse_config(base(), {"SERVING_PROXY_ADMIN_TOKEN": "x" * 32})
+    assert "SERVING_PROXY_ADMIN_TOKEN" in config.secrets
+
+
+def test_the_hardening_limits_have_their_documented_defaults() -> None:
+    limits = parse_config(base(), {}).limits
+    assert (limits.header_bytes, limits.head_timeout_s, limits.body_timeout_s) == (65536, 10, 30)
+    assert limits.max_connections == 4096
+    assert (limits.max_columns, limits.max_cells, limits.max_depth) == (16384, 10_000_000, 100)
+    assert limits.memory_budget_mb is None
+    serverless = parse_config(base(), {}).backends.serverless
+    assert serverless is not None
+    assert serverless.max_reply_bytes == 64 * 1024 * 1024
+    assert serverless.retry_after_write is False
+    assert serverless.pass_set_cookie is False

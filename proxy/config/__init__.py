@@ -20,16 +20,24 @@ from proxy.config.base import NAME_RE, VERSION_RE, Frozen, Percent
 from proxy.config.cutover import (
     ClientKeyConfig,
     CompareConfig,
+    RedisConfig,
     RolloutConfig,
     RouteOverrideConfig,
     ShadowConfig,
 )
-from proxy.config.telemetry import LoggingConfig, RecordingConfig, ReportingConfig
+from proxy.config.telemetry import (
+    LoggingConfig,
+    MetricsConfig,
+    RecordingConfig,
+    ReportingConfig,
+)
 from proxy.models import Backend, CsvMode, LegacyProtocol, UpstreamNan
 
 # Run-time cutover state: a SQLite file beside the config unless `state:` says otherwise.
 DEFAULT_STATE_FILE = "serving-proxy-state.sqlite3"
 ADMIN_TOKEN_ENV = "SERVING_PROXY_ADMIN_TOKEN"
+# A shorter bearer token can be guessed; 32 characters is what `openssl rand -hex 16` gives.
+MIN_ADMIN_TOKEN_CHARS = 32
 
 
 class ConfigError(Exception):
@@ -43,7 +51,7 @@ class AdminConfig(Frozen):
     token_name: str = "admin"
 
 
-Version = Annotated[str, Field(pattern=VERSION_RE.pattern)]
+Version = Annotated[str, Field(pattern=rf"^{VERSION_RE.pattern}$")]
 
 
 class ModelConfig(Frozen):
@@ -91,7 +99,7 @@ class ModelConfig(Frozen):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not NAME_RE.match(value):
+        if value is not None and not NAME_RE.fullmatch(value):
             raise ValueError("must be letters, digits, '.', '_' or '-'")
         return value
 
@@ -108,11 +116,13 @@ class ProxyConfig(Frozen):
     # Shared cutover state: a SQLite path (relative: beside the config file) or
     # redis://host:port/db, so that every worker and replica routes alike.
     state: str | None = None
+    redis: RedisConfig = RedisConfig()
     client_key: ClientKeyConfig = ClientKeyConfig()
     route_override: RouteOverrideConfig = RouteOverrideConfig()
     shadow: ShadowConfig = ShadowConfig()
     admin: AdminConfig = AdminConfig()
     reporting: ReportingConfig = ReportingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     # A capped sample of real legacy requests, for load tests to replay. Off.
     recording: RecordingConfig = RecordingConfig()
     # Filled from the environment by load_config, never from the file.
@@ -133,7 +143,7 @@ class ProxyConfig(Frozen):
         endpoints: dict[str, str] = {}
         for name, model in self.models.items():
             where = f"models.{name}"
-            if not NAME_RE.match(name):
+            if not NAME_RE.fullmatch(name):
                 raise ValueError(f"{where}: a model name must be letters, digits, '.', '_', '-'")
             if model.route is Backend.LEGACY and self.backends.legacy is None:
                 raise ValueError(
@@ -177,6 +187,13 @@ class ProxyConfig(Frozen):
             for override in (model.serverless, model.legacy):
                 if override is not None and override.token_env:
                     names.add(override.token_env)
+        for env in (
+            self.metrics.token_env,
+            self.redis.password_env,
+            self.reporting.label_key_env,
+        ):
+            if env:
+                names.add(env)
         return names
 
 
@@ -207,11 +224,17 @@ def parse_config(data: Any, environ: Mapping[str, str], source: str = "<config>"
         value = environ.get(env)
         if not value:
             raise ConfigError(
-                f"{source}: token_env names {env}, but that environment variable is not set"
+                f"{source}: the config names {env} for a secret, but that environment "
+                "variable is not set"
             )
         secrets[env] = SecretStr(value)
     admin_token = environ.get(ADMIN_TOKEN_ENV)
     if admin_token:
+        if len(admin_token) < MIN_ADMIN_TOKEN_CHARS:
+            raise ConfigError(
+                f"{source}: {ADMIN_TOKEN_ENV} is {len(admin_token)} characters long; an admin token "
+                f"needs at least {MIN_ADMIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)"
+            )
         secrets[ADMIN_TOKEN_ENV] = SecretStr(admin_token)
     return config.model_copy(update={"secrets": secrets})
 

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import re
 import string
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from proxy.config.base import Frozen
+from proxy.config.base import EnvName, Frozen
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -21,9 +20,20 @@ DEFAULT_TOTAL_TIMEOUT_S = 60.0
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT = 1024
 DEFAULT_POOL_SIZE = 100
+DEFAULT_MAX_REPLY_BYTES = 64 * 1024 * 1024
+DEFAULT_HEADER_BYTES = 64 * 1024
+DEFAULT_HEAD_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_MAX_CONNECTIONS = 4096
+# 1.30.1 had none of these: pandas would take any shape a body described. They bound
+# the work one request can cause, and are configurable for models that need more.
+DEFAULT_MAX_COLUMNS = 16_384
+DEFAULT_MAX_CELLS = 10_000_000
+DEFAULT_MAX_DEPTH = 100
+DEFAULT_OFFLOAD_BYTES = 1024 * 1024
+DEFAULT_MEMORY_WAIT_S = 10.0
 DEFAULT_GRACEFUL_SHUTDOWN_S = 30.0
 PATH_FIELDS = frozenset({"name", "version", "endpoint"})
-ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Listen(Frozen):
@@ -62,9 +72,19 @@ class BackendConfig(Frozen):
 
     url: str
     path: str | None = None
-    token_env: str | None = None
+    token_env: EnvName | None = None
     timeout: Timeouts = Timeouts()
+    # A hard bound on open connections to this origin; callers beyond it wait for one.
     pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1)
+    # A reply (after decompression) larger than this is refused as a protocol error.
+    max_reply_bytes: int = Field(DEFAULT_MAX_REPLY_BYTES, ge=1)
+    # Whether a request whose bytes were written may be sent again when the connection
+    # closes without an answer; off, because the model may already have run.
+    retry_after_write: bool = False
+    # Pass-through replies keep the upstream's Set-Cookie only when this says so.
+    pass_set_cookie: bool = False
+    # Honour HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment (egress proxies).
+    trust_env: bool = True
 
     @field_validator("url")
     @classmethod
@@ -76,20 +96,13 @@ class BackendConfig(Frozen):
     def _path(cls, value: str | None) -> str | None:
         return None if value is None else _check_template(value)
 
-    @field_validator("token_env")
-    @classmethod
-    def _env(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_RE.match(value):
-            raise ValueError("must be an environment variable name")
-        return value
-
 
 class BackendOverride(Frozen):
     """A model's override of some of a backend's keys."""
 
     url: str | None = None
     path: str | None = None
-    token_env: str | None = None
+    token_env: EnvName | None = None
     timeout: Timeouts | None = None
 
     @field_validator("url")
@@ -109,8 +122,30 @@ class Backends(Frozen):
 
 
 class Limits(Frozen):
+    """What one client, one connection or one request may cost the proxy.
+
+    Every limit answers the client in the shape it speaks; README "Limits and hardening"
+    lists what each one answers.
+    """
+
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1)
     max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1)
+    # The request line and headers together; over it 431 (the request line alone: 414).
+    header_bytes: int = Field(DEFAULT_HEADER_BYTES, ge=1024)
+    # A head must arrive whole within this; a body within `body_timeout_s` (else 408).
+    head_timeout_s: float = Field(DEFAULT_HEAD_TIMEOUT_S, gt=0)
+    body_timeout_s: float = Field(DEFAULT_BODY_TIMEOUT_S, gt=0)
+    max_connections: int = Field(DEFAULT_MAX_CONNECTIONS, ge=1)
+    max_columns: int = Field(DEFAULT_MAX_COLUMNS, ge=1)
+    max_cells: int = Field(DEFAULT_MAX_CELLS, ge=1)
+    max_depth: int = Field(DEFAULT_MAX_DEPTH, ge=2)
+    # Bodies at least this large are translated off the event loop.
+    offload_bytes: int = Field(DEFAULT_OFFLOAD_BYTES, ge=1)
+    # Bodies in flight are admitted against this; default: a quarter of the memory the
+    # process may use (the cgroup limit in a container, else the machine's).
+    memory_budget_mb: int | None = Field(None, ge=1)
+    # How long a body may wait for room in the budget before 503 `Overloaded`.
+    memory_wait_s: float = Field(DEFAULT_MEMORY_WAIT_S, gt=0)
 
 
 class ServerConfig(Frozen):

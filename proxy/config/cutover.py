@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from proxy.config.base import Duration, Frozen, Percent, Share
+from proxy.config.base import Duration, EnvName, Frozen, Percent, Share
 
 DEFAULT_SHADOW_CONCURRENCY = 16
 DEFAULT_MISMATCHES_KEPT = 50
@@ -112,3 +112,10 @@ class RolloutConfig(Frozen):
     @property
     def window_s(self) -> float:
         return self.window if self.window is not None else self.interval
+
+
+class RedisConfig(Frozen):
+    """How to reach a `redis://` state store beyond its URL: the password from the
+    environment, so that it need not sit in the config file's URL."""
+
+    password_env: EnvName | None = None

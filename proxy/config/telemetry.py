@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from proxy.config.base import Duration, Frozen
+from proxy.config.backends import Listen
+from proxy.config.base import Duration, EnvName, Frozen
 
 DEFAULT_SAMPLE_RATE = 0.01
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -39,6 +40,9 @@ class ReportingConfig(Frozen):
     # prometheus-client's multiprocess directory when `server.workers` > 1; default: a
     # fresh temporary directory per start.
     multiprocess_dir: str | None = None
+    # The environment variable holding the secret that keys the hash of client labels;
+    # unset, a secret is generated once into the state store and shared by every replica.
+    label_key_env: EnvName | None = None
 
     @model_validator(mode="after")
     def _slot_fits(self) -> ReportingConfig:
@@ -60,3 +64,14 @@ class RecordingConfig(Frozen):
         if self.enabled and self.path is None:
             raise ValueError("path: is required when recording is enabled")
         return self
+
+
+class MetricsConfig(Frozen):
+    """Who may read `/metrics`: a bearer token from `token_env`, and/or its own listener.
+
+    With `listen` set, `/metrics` is served there only (e.g. a port the Service does not
+    expose); with `token_env` set, a scrape must send `Authorization: Bearer <token>`.
+    """
+
+    token_env: EnvName | None = None
+    listen: Listen | None = None

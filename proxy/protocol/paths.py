@@ -113,7 +113,7 @@ def render_path(template: str, ref: ModelRef) -> str:
 def _version(model: ModelConfig, segment: str) -> str | None:
     if segment in model.stages:
         return model.stages[segment]
-    if not VERSION_RE.match(segment):
+    if not VERSION_RE.fullmatch(segment):
         return None
     if model.versions is not None and segment not in model.versions:
         return None

@@ -21,7 +21,7 @@ from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
-TOKEN = "adm1n-t0ken-for-tests"
+TOKEN = "adm1n-t0ken-for-tests-0123456789abcdef"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 SPLIT = b'{"columns": ["a", "b"], "data": [[1, 2.5], [3, 4]]}'
 SPLIT_CT = "application/json; format=pandas-split"

@@ -26,7 +26,7 @@ from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reset_simulators")]
 
-TOKEN = "e2e-admin-token"
+TOKEN = "e2e-admin-token-0123456789abcdef01234"
 ENV = {"SERVING_PROXY_ADMIN_TOKEN": TOKEN}
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 SPLIT = b'{"columns": ["a", "b"], "data": [[1, 2.5], [3, 4]]}'

@@ -32,7 +32,7 @@ from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-TOKEN = "dashboard-test-token"
+TOKEN = "dashboard-test-token-0123456789abcdef"
 ARTIFACTS = PROJECT_ROOT / "artifacts"
 START_TIMEOUT_S = 30.0
 PAGE_TIMEOUT_S = 30.0

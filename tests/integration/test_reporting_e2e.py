@@ -34,7 +34,7 @@ from tests.servers import LiveServer
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "e2e-admin-token"
+TOKEN = "e2e-admin-token-0123456789abcdef01234"
 LEGACY_DELAY_MS, SERVERLESS_DELAY_MS, JITTER_MS = 6.0, 2.0, 4.0
 PER_SIDE = 60
 SPLIT = {"content-type": "application/json; format=pandas-split"}

@@ -37,7 +37,7 @@ pytestmark = [
     pytest.mark.usefixtures("reset_simulators"),
 ]
 
-TOKEN = "shadow-test-token"
+TOKEN = "shadow-test-token-0123456789abcdef0123"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 SPLIT = b'{"columns": ["a", "b"], "data": [[1, 2.5], [3, 4]]}'
 HEADERS = {"content-type": "application/json; format=pandas-split"}
