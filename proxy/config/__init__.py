@@ -232,8 +232,8 @@ def parse_config(data: Any, environ: Mapping[str, str], source: str = "<config>"
     if admin_token:
         if len(admin_token) < MIN_ADMIN_TOKEN_CHARS:
             raise ConfigError(
-                f"{source}: {ADMIN_TOKEN_ENV} is {len(admin_token)} characters long; an admin token "
-                f"needs at least {MIN_ADMIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)"
+                f"{source}: {ADMIN_TOKEN_ENV} is {len(admin_token)} characters long; an "
+                f"admin token needs at least {MIN_ADMIN_TOKEN_CHARS} (`openssl rand -hex 32`)"
             )
         secrets[ADMIN_TOKEN_ENV] = SecretStr(admin_token)
     return config.model_copy(update={"secrets": secrets})
