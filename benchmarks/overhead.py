@@ -107,9 +107,9 @@ def _run_as_serve_does(app: Any, port: int, **extra: Any) -> None:
     """uvicorn with the server settings and GC tuning `serving-proxy serve` uses."""
     import uvicorn
 
-    from proxy.server import CoalescingHttpToolsProtocol, tune_gc
+    from proxy.server import CoalescingHttpToolsProtocol, tune_memory
 
-    tune_gc()
+    tune_memory()
     uvicorn.run(
         app,
         host="127.0.0.1",

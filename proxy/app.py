@@ -37,6 +37,7 @@ from proxy import handlers
 from proxy.admin import api as admin
 from proxy.admin import dashboard
 from proxy.asgi import ALL_METHODS, ReplyResponse, record_of
+from proxy.budget import MemoryBudget, budget_bytes
 from proxy.compare import Comparison, Verdict
 from proxy.config import ProxyConfig
 from proxy.credentials import build_credentials
@@ -44,6 +45,7 @@ from proxy.cutover import Cutover
 from proxy.cutover.table import ModelState, UnknownModelError
 from proxy.dispatch import ScoringDispatch
 from proxy.errors import MethodNotAllowed, NoRoute, ProxyError, render, render_bug
+from proxy.forwarding import ForwardingMiddleware
 from proxy.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from proxy.models import Reply
 from proxy.runtime import Runtime
@@ -52,6 +54,7 @@ from proxy.shadow.runner import Shadow
 from proxy.shadow.worker import ShadowWorker
 from proxy.telemetry import accesslog
 from proxy.telemetry.hub import Hub
+from proxy.telemetry.listener import MetricsListener
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.record import ExchangeRecord
 from proxy.telemetry.stats import Rollout
@@ -198,11 +201,21 @@ def create_app(
         # Weights, rollout states, rollbacks and shadow parity are reported as the cutover
         # and the mirror of this runtime tell them.
         follow(reporting, runtime)
+        listen = config.metrics.listen
+        listener = None
+        if listen is not None and reporting.metrics is not None:
+            listener = MetricsListener(app, listen, shared=config.server.workers > 1)
         try:
             # Load the cutover state (a bad `state:` stops start-up) and follow it.
             await runtime.start()
+            # Every replica labels a client alike: the deployment's secret keys the hash.
+            await reporting.labels.adopt(runtime.cutover.store)
+            if listener is not None:
+                await listener.start()
             yield {"runtime": runtime}
         finally:
+            if listener is not None:
+                await listener.aclose()
             await runtime.aclose()
             if reporting.metrics is not None:
                 Metrics.mark_process_dead(reporting.metrics.multiprocess_dir)
@@ -228,14 +241,20 @@ def create_app(
     app = ProxyApp(
         routes=[*routes(), *dashboard.routes(), *admin.routes()],
         outer=[
+            Middleware(ForwardingMiddleware, trusted_proxies=config.server.trusted_proxies),
             Middleware(
                 RequestContextMiddleware,
                 on_complete=complete,
                 server_timing=config.reporting.server_timing,
                 client_key=config.client_key,
-                show_client_header=config.reporting.show_client_header,
+                labels=reporting.labels,
             ),
-            Middleware(BodyLimitMiddleware, max_body_bytes=config.limits.max_body_bytes),
+            Middleware(
+                BodyLimitMiddleware,
+                max_body_bytes=config.limits.max_body_bytes,
+                # Read once here, at the edge: the cgroup's or the machine's memory.
+                budget=MemoryBudget(budget_bytes(config.limits), config.limits.memory_wait_s),
+            ),
             Middleware(ScoringDispatch),
         ],
         exception_handlers={
@@ -254,8 +273,8 @@ def create_app(
 def app_from_env() -> Starlette:
     """The app factory each uvicorn worker calls when `server.workers` > 1."""
     from proxy.config import load_config
-    from proxy.server import tune_gc
+    from proxy.server import tune_memory
 
     app = create_app(load_config(os.environ["SERVING_PROXY_CONFIG"], os.environ))
-    tune_gc()  # in each worker process, as `serve` does for a single one
+    tune_memory()  # in each worker process, as `serve` does for a single one
     return app

@@ -18,6 +18,10 @@ from proxy.telemetry.record import ExchangeRecord
 # 1.30.1 did (§6.5), instead of Starlette's generic 405.
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
+# Set on the scope by the server (`proxy.server`) when the request's body is overdue: the
+# seconds of `limits.body_timeout_s`. The body's reader then answers 408 (`BodyTimeout`).
+BODY_TIMEOUT = "serving_proxy.body_timeout_s"
+
 
 def reply_messages(reply: Reply, extra: list[tuple[bytes, bytes]] | None = None) -> list[Message]:
     """The two ASGI messages of a buffered reply."""

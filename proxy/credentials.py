@@ -1,4 +1,4 @@
-"""The credentials the proxy injects towards a backend (protocols.md §7.1 `inject`).
+"""The credentials the proxy injects towards a backend (protocols.md §7.1 `inject`, §7.2).
 
 A `TokenSource` is the seam: the request path asks it for a bearer token per call and
 never learns where the token came from. Today the only source is a static token read
@@ -9,7 +9,8 @@ No token ever reaches a log line through a `repr`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy.config import ProxyConfig
@@ -35,9 +36,21 @@ class StaticToken:
         return "StaticToken('***')"
 
 
-# Per configured model: the source for its serverless side, or None to pass the client's
-# own Authorization through (§7.1 `passthrough`). The legacy side never gets one (§7.2).
-Credentials = dict[str, TokenSource | None]
+Sources = Mapping[str, TokenSource | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Per configured model and backend: the token source, or None to pass the client's
+    own Authorization through (§7.1 `passthrough`; §7.2 for legacy).
+
+    A legacy backend (or a model's legacy override) with `token_env` gets its token
+    injected like serverless `inject`: the token is what the legacy workspace accepts,
+    and the client's own credential then never leaves the proxy.
+    """
+
+    serverless: Sources
+    legacy: Sources = field(default_factory=dict)
 
 
 def _token_env(base: BackendConfig, override: BackendOverride | None) -> str | None:
@@ -45,11 +58,22 @@ def _token_env(base: BackendConfig, override: BackendOverride | None) -> str | N
 
 
 def build_credentials(config: ProxyConfig) -> Credentials:
-    """Each model's serverless token source, from the secrets read at start-up."""
+    """Each model's token sources for both backends, from the secrets read at start-up."""
     serverless = config.backends.serverless
     assert serverless is not None  # ProxyConfig's validator requires it
-    out: Credentials = {}
-    for name, model in config.models.items():
-        env = _token_env(serverless, model.serverless)
-        out[name] = StaticToken(config.secrets[env].get_secret_value()) if env else None
-    return out
+    legacy = config.backends.legacy
+
+    def source(env: str | None) -> TokenSource | None:
+        return StaticToken(config.secrets[env].get_secret_value()) if env else None
+
+    return Credentials(
+        serverless={
+            name: source(_token_env(serverless, model.serverless))
+            for name, model in config.models.items()
+        },
+        legacy={
+            name: source(_token_env(legacy, model.legacy))
+            for name, model in config.models.items()
+            if legacy is not None
+        },
+    )

@@ -5,6 +5,7 @@ and how it reads in the client's protocol; `app.py` renders them in one place.
 
     ProxyError
     ├── BadRequest             400  BR   §6.1 E1–E6, legacy JSON with stack_trace
+    │   └── LimitExceeded      400  BRL  §6.5 over limits.max_columns / max_cells / max_depth
     ├── UnsupportedMediaType   415  UMT  §6.1 E9/E10, text/plain
     ├── MissingContentType     500  NCT  §6.1 E11, Werkzeug HTML page
     ├── MethodNotAllowed       405  MNA  §6.1 E14, Werkzeug HTML page + Allow
@@ -12,6 +13,8 @@ and how it reads in the client's protocol; `app.py` renders them in one place.
     ├── UnknownModel           404  NR   §6.5, legacy JSON
     ├── UnknownEndpoint        404  NR   §1.5 step 3, new-protocol JSON
     ├── PayloadTooLarge        413  PTL  §6.5
+    ├── HeadTooLarge           431  HTL  §6.5, the request line alone: 414
+    ├── BodyTimeout            408  BT   §6.5, the body did not arrive in time
     ├── UpstreamConnectError   503  UF   §6.5
     ├── UpstreamTimeout        504  UT   §6.5
     ├── UpstreamProtocolError  502  UPE  §6.5
@@ -139,6 +142,21 @@ class BadRequest(ProxyError):
         return Reply(self.status_code, mlflow_error_body(self.error_code, self.message, trace))
 
 
+class LimitExceeded(BadRequest):
+    """A body over one of the work limits (`limits.max_columns`, `max_cells`, `max_depth`).
+
+    1.30.1 had no such limits (pandas took whatever a body described); the proxy refuses
+    such a body before translating it, in the shape of the other 1.x 400s (§6.5) with its
+    own flag, so an operator can tell a limit from a malformed body.
+    """
+
+    flag = "BRL"
+
+    def __init__(self, key: str, found: str, limit: int) -> None:
+        super().__init__(f"Request body has {found}; the limit is {limit} (limits.{key}).")
+        self.key, self.found, self.limit = key, found, limit
+
+
 class UnsupportedMediaType(ProxyError):
     """§2.1 / §2.2: 415 with 1.30.1's plain-text body (E9, E10)."""
 
@@ -228,6 +246,48 @@ class PayloadTooLarge(ProxyError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"Request body exceeds the {limit} byte limit.")
+
+
+class HeadTooLarge(ProxyError):
+    """§6.5: a request head over `limits.header_bytes`, refused before it is buffered.
+
+    431 when the headers are over the limit; 414 when the request line alone is. The
+    connection is closed after it: the rest of the head is never read.
+    """
+
+    flag = "HTL"
+    error_code = "BAD_REQUEST"
+
+    def __init__(self, limit: int, *, request_line: bool = False) -> None:
+        part = "Request line exceeds" if request_line else "Request header fields exceed"
+        super().__init__(f"{part} the {limit} byte limit.")
+        self.status_code = 414 if request_line else 431
+
+    def to_reply(self) -> Reply:
+        return Reply(
+            self.status_code,
+            mlflow_error_body(self.error_code, self.message),
+            headers=(("connection", "close"),),
+        )
+
+
+class BodyTimeout(ProxyError):
+    """§6.5: the body did not arrive within `limits.body_timeout_s`; the connection closes."""
+
+    status_code = 408
+    flag = "BT"
+    error_code = "BAD_REQUEST"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"Request body not received within {seconds:g} s.")
+
+    def to_reply(self) -> Reply:
+        # The rest of the body may still come: the connection cannot carry another request.
+        return Reply(
+            self.status_code,
+            mlflow_error_body(self.error_code, self.message),
+            headers=(("connection", "close"),),
+        )
 
 
 class UpstreamConnectError(ProxyError):

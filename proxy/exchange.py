@@ -10,15 +10,27 @@ passes: the request's record, or a scratch `Trace` for a shadow call.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proxy import headers as header_rules
+from proxy.config import ModelConfig
+from proxy.config.backends import Limits
 from proxy.credentials import Credentials
-from proxy.models import Backend, LegacyProtocol, ModelRef, Reply, UpstreamReply, V2Request
+from proxy.models import (
+    Backend,
+    Body,
+    LegacyProtocol,
+    ModelRef,
+    Reply,
+    UpstreamReply,
+    V2Request,
+)
 from proxy.protocol.legacy import parse_request
+from proxy.protocol.limits import WorkLimits
 from proxy.protocol.translate import legacy_to_v2, v2_to_legacy
 from proxy.upstream.pools import Pools
 from proxy.upstream.targets import Target
@@ -125,7 +137,7 @@ async def send(
     """
     targets = pools.targets[inbound.ref.name]
     if backend is Backend.LEGACY and targets.legacy is not None:
-        return await _legacy(inbound, targets.legacy, pools, facts, shadow)
+        return await _legacy(inbound, targets.legacy, pools, credentials, facts, shadow)
     return await _serverless(
         inbound, targets.serverless, pools, credentials, facts, shadow, on_translated
     )
@@ -139,24 +151,42 @@ async def send_new_style(
     target = pools.targets[inbound.ref.name].serverless
     path = _with_query(pools.path(target, inbound.ref), inbound.query)
     headers = _serverless_headers(inbound, credentials, inbound.header("content-type"))
-    return passthrough(await _post(pools, facts, target, path, headers, inbound.body, False))
+    reply = await _post(pools, facts, target, path, headers, inbound.body, False)
+    return passthrough(reply, pass_set_cookie=_pass_set_cookie(pools, target))
 
 
-def passthrough(reply: UpstreamReply) -> Reply:
-    """§1.4, §1.5: the upstream's status, headers and bytes as they came (§7.3)."""
-    return Reply(
-        reply.status, reply.body, None, tuple(header_rules.from_passthrough(reply.headers))
-    )
+def passthrough(reply: UpstreamReply, *, pass_set_cookie: bool = False) -> Reply:
+    """§1.4, §1.5: the upstream's status, headers and bytes as they came (§7.3), but a
+    `Set-Cookie` the backend's `pass_set_cookie` does not allow."""
+    headers = header_rules.from_passthrough(reply.headers, pass_set_cookie=pass_set_cookie)
+    return Reply(reply.status, reply.body, None, tuple(headers))
+
+
+def _pass_set_cookie(pools: Pools, target: Target) -> bool:
+    backends = pools.config.backends
+    backend = backends.legacy if target.backend is Backend.LEGACY else backends.serverless
+    return backend is not None and backend.pass_set_cookie
 
 
 async def _legacy(
-    inbound: Inbound, target: Target, pools: Pools, facts: Facts, shadow: bool
+    inbound: Inbound,
+    target: Target,
+    pools: Pools,
+    credentials: Credentials,
+    facts: Facts,
+    shadow: bool,
 ) -> Reply:
-    """§1.4: the client's bytes, unchanged, to the legacy server."""
+    """§1.4: the client's bytes, unchanged, to the legacy server (headers by §7.2)."""
     path = inbound.raw_path if target.path_template is None else pools.path(target, inbound.ref)
     path = _with_query(path, inbound.query)
-    headers = header_rules.to_legacy(inbound.headers, request_id=inbound.request_id)
-    return passthrough(await _post(pools, facts, target, path, headers, inbound.body, shadow))
+    source = credentials.legacy.get(inbound.ref.name)
+    headers = header_rules.to_legacy(
+        inbound.headers,
+        request_id=inbound.request_id,
+        token=None if source is None else source.token(),
+    )
+    reply = await _post(pools, facts, target, path, headers, inbound.body, shadow)
+    return passthrough(reply, pass_set_cookie=_pass_set_cookie(pools, target))
 
 
 async def _serverless(
@@ -175,24 +205,44 @@ async def _serverless(
     if model.legacy_protocol is LegacyProtocol.MLFLOW2:
         # §8.1: the model already spoke MLflow 2 on legacy serving; map the URL only.
         headers = _serverless_headers(inbound, credentials, content_type)
-        return passthrough(await _post(pools, facts, target, path, headers, inbound.body, shadow))
+        reply = await _post(pools, facts, target, path, headers, inbound.body, shadow)
+        return passthrough(reply, pass_set_cookie=_pass_set_cookie(pools, target))
 
+    limits = pools.config.limits
     t0 = time.perf_counter()
-    legacy_request = parse_request(
-        content_type, inbound.body, accept_v2_bodies=model.accept_v2_bodies
-    )
-    facts.legacy_format = str(legacy_request.format)
-    v2 = legacy_to_v2(legacy_request, csv_mode=model.csv_mode, upstream_nan=model.upstream_nan)
-    facts.translate_s += time.perf_counter() - t0
+    try:
+        # A large body is translated in a thread, so the loop keeps serving small ones.
+        if len(inbound.body) < limits.offload_bytes:
+            v2 = _translate(content_type, inbound.body, model, limits, facts)
+        else:
+            v2 = await asyncio.to_thread(
+                _translate, content_type, inbound.body, model, limits, facts
+            )
+    finally:
+        facts.translate_s += time.perf_counter() - t0
     if on_translated is not None and not shadow:
         on_translated(inbound, v2)
     headers = _serverless_headers(inbound, credentials, v2.content_type)
     reply = await _post(pools, facts, target, path, headers, v2.body, shadow)
+    # Sent: a large translated body must not stay alive while the reply is translated.
+    del v2
     t0 = time.perf_counter()
     try:
-        out = v2_to_legacy(
-            reply.status, reply.content_type, reply.body, wrapper_attr=model.legacy_wrapper_attr
-        )
+        if len(reply.body) < limits.offload_bytes:
+            out = v2_to_legacy(
+                reply.status,
+                reply.content_type,
+                reply.body,
+                wrapper_attr=model.legacy_wrapper_attr,
+            )
+        else:
+            out = await asyncio.to_thread(
+                v2_to_legacy,
+                reply.status,
+                reply.content_type,
+                reply.body,
+                wrapper_attr=model.legacy_wrapper_attr,
+            )
     finally:
         facts.translate_s += time.perf_counter() - t0
     retry_after = reply.header("retry-after")
@@ -203,17 +253,30 @@ async def _serverless(
     return out
 
 
+def _translate(
+    content_type: str | None, body: bytes, model: ModelConfig, limits: Limits, facts: Facts
+) -> V2Request:
+    """§4: a legacy body, checked against the work limits, as the new protocol's request."""
+    legacy_request = parse_request(
+        content_type,
+        body,
+        accept_v2_bodies=model.accept_v2_bodies,
+        limits=WorkLimits(limits.max_columns, limits.max_cells, limits.max_depth),
+    )
+    facts.legacy_format = str(legacy_request.format)
+    return legacy_to_v2(legacy_request, csv_mode=model.csv_mode, upstream_nan=model.upstream_nan)
+
+
 def _serverless_headers(
     inbound: Inbound, credentials: Credentials, content_type: str | None
 ) -> list[tuple[str, str]]:
     """§7.1: allow-listed client headers, the given Content-Type, auth by rule."""
-    source = credentials.get(inbound.ref.name)
+    source = credentials.serverless.get(inbound.ref.name)
     return header_rules.to_serverless(
         inbound.headers,
         content_type=content_type,
         token=None if source is None else source.token(),
         request_id=inbound.request_id,
-        client_host=inbound.client_host,
     )
 
 
@@ -223,7 +286,7 @@ async def _post(
     target: Target,
     path: str,
     headers: list[tuple[str, str]],
-    body: bytes,
+    body: Body,
     shadow: bool,
 ) -> UpstreamReply:
     """POST to one backend, timing the wait."""

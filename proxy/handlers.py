@@ -106,8 +106,11 @@ async def legacy_invocations(scope: Scope, receive: Receive, name: str, segment:
     runtime, record = _context(scope)
     ref = runtime.resolve_legacy(name, segment)
     record.model, record.version = ref.name, ref.version
+    # The body first, then a place: a slow upload holds no place a whole request could use
+    # (its memory is bounded by the body budget, `BodyLimitMiddleware`).
+    body = await read_body(receive)
     with runtime.admission:
-        inbound = _inbound(scope, ref, await read_body(receive), record.request_id)
+        inbound = _inbound(scope, ref, body, record.request_id)
         cutover = runtime.cutover
         decision = cutover.decide(ref, scope["state"].get("client_key"), inbound.headers)
         record.bucket, record.route_reason = decision.bucket, decision.reason
@@ -159,8 +162,9 @@ async def new_style_invocations(
         ref = paths.resolve_model_endpoint(models, name, segment)
     record.model, record.version = ref.name, ref.version
     record.legacy_format = "new"
+    body = await read_body(receive)  # before a place, as for a legacy request
     with runtime.admission:
-        inbound = _inbound(scope, ref, await read_body(receive), record.request_id)
+        inbound = _inbound(scope, ref, body, record.request_id)
         return await exchange.send_new_style(inbound, runtime.pools, runtime.credentials, record)
 
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import sys
 import time
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.asgi import record_of, reply_messages
+from proxy.asgi import BODY_TIMEOUT, record_of, reply_messages
+from proxy.budget import MemoryBudget
 from proxy.config.cutover import ClientKeyConfig
-from proxy.errors import PayloadTooLarge, render
-from proxy.routing import client_key, report_label
+from proxy.errors import BodyTimeout, Overloaded, PayloadTooLarge, ProxyError, render
+from proxy.routing import ClientKey, client_key
+from proxy.telemetry.labels import ClientLabels
 from proxy.telemetry.record import ExchangeRecord, server_timing
 
 # A client's id is echoed into logs and upstream headers: accept only a plain token.
@@ -55,7 +58,8 @@ class RequestContextMiddleware:
         server_timing: add a `Server-Timing` header to every response.
         client_key: where the client key comes from (`routing.client_key`, read here once
             per request for routing and reports); None leaves it unset.
-        show_client_header: reports may show a key read from a header as sent.
+        labels: names the client in the record (a keyed hash; default: keyed by a secret
+            of this process).
     """
 
     def __init__(
@@ -65,13 +69,13 @@ class RequestContextMiddleware:
         on_complete: Callable[[ExchangeRecord], None],
         server_timing: bool = False,
         client_key: ClientKeyConfig | None = None,
-        show_client_header: bool = False,
+        labels: Callable[[ClientKey], str] | None = None,
     ) -> None:
         self.app = app
         self.on_complete = on_complete
         self.server_timing = server_timing
         self.client_key = client_key
-        self.show_client_header = show_client_header
+        self.labels = labels if labels is not None else ClientLabels(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,7 +100,7 @@ class RequestContextMiddleware:
         if self.client_key is not None:
             key = client_key(scope["headers"], record.client, self.client_key)
             if key is not None:
-                record.client_key = report_label(key, show_header=self.show_client_header)
+                record.client_key = self.labels(key)
         # A copy: servers share one lifespan-state dict, the record is this request's own.
         scope["state"] = {**scope.get("state", {}), "record": record, "client_key": key}
         id_header = (b"x-request-id", record.request_id.encode())
@@ -123,38 +127,78 @@ class RequestContextMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over the limit (§4.2) before they are buffered.
+    """Bounds each request's body (§4.2, §6.5) before the app buffers it.
 
-    A declared Content-Length over the limit is answered here, at once. A chunked body
-    is counted as it arrives and `receive` raises `PayloadTooLarge` inside the handler,
-    where the app's one error renderer answers it.
+    - A declared Content-Length over `max_body_bytes` is answered 413 here, at once; a
+      chunked body is counted as it arrives and `receive` raises `PayloadTooLarge`.
+    - The body is admitted against the memory `budget`: a declared one by its length
+      before it is read (503 `Overloaded` here when no room comes within the budget's
+      wait), a chunked one chunk by chunk (`receive` raises `Overloaded`). Its bytes are
+      given back once the reply is done.
+    - When the server marks the body overdue (`asgi.BODY_TIMEOUT`), `receive` raises
+      `BodyTimeout` (408, then the connection closes).
+
+    The errors raised inside `receive` reach the app's one error renderer.
     """
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, budget: MemoryBudget | None = None
+    ) -> None:
         self.app = app
         self.limit = max_body_bytes
+        # No budget: bodies are bounded by size alone (apps built for tests and tools).
+        self.budget = budget or MemoryBudget(sys.maxsize, 0.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared = -1
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if value.isdigit() and int(value) > self.limit:
-                    reply = render(PayloadTooLarge(self.limit), record_of(scope))
-                    for message in reply_messages(reply):
-                        await send(message)
-                    return
+                if value.isdigit():
+                    declared = int(value)
                 break
+        limit = self.limit
+        if declared > limit:
+            await _answer(PayloadTooLarge(limit), scope, send)
+            return
+        budget = self.budget
+        held = 0
+        if declared > 0:
+            if not budget.take_now(declared):
+                try:
+                    await budget.take(declared)
+                except Overloaded as exc:
+                    await _answer(exc, scope, send)
+                    return
+            held = declared
         seen = 0
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, held
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise PayloadTooLarge(self.limit)
+                size = len(message.get("body", b""))
+                seen += size
+                if seen > limit:
+                    raise PayloadTooLarge(limit)
+                if declared < 0 and size:
+                    if not budget.take_now(size):
+                        await budget.take(size)
+                    held += size
+                if message.get("more_body", False) and BODY_TIMEOUT in scope:
+                    raise BodyTimeout(scope[BODY_TIMEOUT])
             return message
 
-        await self.app(scope, counted, send)
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            if held:
+                budget.give(held)
+
+
+async def _answer(error: ProxyError, scope: Scope, send: Send) -> None:
+    """A local reply before the app has run, through the one renderer."""
+    for message in reply_messages(render(error, record_of(scope))):
+        await send(message)

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+# A request body on its way upstream. A bytearray when it was written in place (a large
+# CSV split, protocol/v2.py): converting it to bytes would hold the whole body twice.
+Body = bytes | bytearray
+
 
 class Backend(StrEnum):
     """Where a request is sent (architecture §1.2: `LEGACY` / `NEW`)."""
@@ -78,7 +82,7 @@ class V2Request:
     """What is sent to the new-protocol endpoint (§3, §4)."""
 
     content_type: str
-    body: bytes
+    body: Body
 
 
 def first_header(headers: Iterable[tuple[str, str]], name: str) -> str | None:

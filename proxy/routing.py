@@ -13,6 +13,7 @@ moves clients from legacy to serverless, never back.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import random
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from proxy.models import Backend, ModelRef
 
 BUCKETS = 10_000
 BUCKET_CACHE_SIZE = 65_536
+# Hex characters of a client label: 48 bits, unique among any realistic set of clients.
+LABEL_CHARS = 12
 # Lets a client the config names pick its backend for one request.
 ROUTE_HEADER = "x-serving-proxy-route"
 KeySource = Literal["header", "authorization", "address"]
@@ -50,10 +53,17 @@ RoutingTable = Mapping[str, Weights]
 
 @dataclass(frozen=True, slots=True)
 class ClientKey:
-    """What identifies a client. For `authorization` the value is a digest, never the token."""
+    """What identifies a client. For `authorization` the value is a digest, never the token.
+
+    `value` picks the client's bucket and may come from a header the client chose. The
+    `identity` is what the client cannot choose, and the only thing a route override is
+    matched against (`override_of`): today its address after trusted-proxy handling;
+    once clients authenticate, the authenticated identity takes this place.
+    """
 
     source: KeySource
     value: str
+    identity: str | None = None
 
 
 class Decision(NamedTuple):
@@ -106,27 +116,33 @@ def client_key(
             forwarded address when (and only when) the peer is a trusted proxy.
         config: which sources to try, in the fixed order header, authorization, address.
     """
+    identity = client_host or None
     if config.header is not None or config.authorization:
         wanted = None if config.header is None else config.header.encode("latin-1")
         for name, value in headers:
             if name == wanted and value.strip():
-                return ClientKey("header", value.strip().decode("latin-1"))
+                return ClientKey("header", value.strip().decode("latin-1"), identity)
         if config.authorization:
             for name, value in headers:
                 if name == b"authorization" and value.strip():
                     # Keep a digest only: the key may be logged or listed in the config.
                     token = value.strip().decode("latin-1").encode("utf-8")
-                    return ClientKey(
-                        "authorization", hashlib.blake2b(token, digest_size=16).hexdigest()
-                    )
+                    digest = hashlib.blake2b(token, digest_size=16).hexdigest()
+                    return ClientKey("authorization", digest, identity)
     if config.address and client_host:
-        return ClientKey("address", client_host)
+        return ClientKey("address", client_host, identity)
     return None
 
 
-def hash_client_key(value: str) -> str:
-    """A stable, short digest of a client key: the same in every worker and every restart."""
-    return hashlib.blake2b(value.encode("utf-8"), digest_size=6, person=b"sp-client").hexdigest()
+def hash_client_key(value: str, secret: bytes) -> str:
+    """A short keyed digest of a client key (HMAC-SHA256, 48 bits shown).
+
+    Keyed, because the keys are mostly IPv4 addresses: 2^32 candidates, so an unkeyed
+    hash of one is reversed by trying them all. With the per-deployment secret (never in
+    a report) the label is the same in every worker, replica and restart, and says
+    nothing to whoever lacks the secret.
+    """
+    return hmac.new(secret, value.encode("utf-8"), hashlib.sha256).hexdigest()[:LABEL_CHARS]
 
 
 # The same few clients call again and again: a key is hashed once (bounded). An
@@ -134,12 +150,12 @@ def hash_client_key(value: str) -> str:
 _hash_remembered = lru_cache(maxsize=4096)(hash_client_key)
 
 
-def report_label(key: ClientKey, *, show_header: bool = False) -> str:
-    """How reports, metrics and the access log name a client: always hashed, but for a
-    header value the config allows to be shown."""
+def report_label(key: ClientKey, secret: bytes, *, show_header: bool = False) -> str:
+    """How reports, metrics and the access log name a client: always a keyed hash, but
+    for a header value the config allows to be shown."""
     if key.source == "header" and show_header:
         return key.value
-    return _hash_remembered(key.value)
+    return _hash_remembered(key.value, secret)
 
 
 def override_of(
@@ -147,10 +163,12 @@ def override_of(
 ) -> Backend | None:
     """The backend `X-Serving-Proxy-Route` asks for, if this client may ask.
 
-    Only clients whose key value the config lists may override; for anyone else, and for
-    a value that names no backend, the header means nothing.
+    Only a client whose `identity` the config lists may override: never a key read from
+    a header (`client_key.header`, Authorization), which any client can set to a listed
+    value. For anyone else, and for a value that names no backend, the header means
+    nothing.
     """
-    if key is None or key.value not in allowed:
+    if key is None or key.identity is None or key.identity not in allowed:
         return None
     for name, value in headers:
         if name == ROUTE_HEADER:

@@ -23,8 +23,9 @@ from proxy.upstream.pools import MEMO_SIZE, Pools
 
 class Admission:
     """Holds one of `limits.max_in_flight` places for a `with` block, or refuses with
-    503 (§6.5 UO). A plain class: a generator context manager costs several times more,
-    and this runs on every request."""
+    503 (§6.5 UO). Taken once the request's body is read, so a slow upload never holds
+    a place. A plain class: a generator context manager costs several times more, and
+    this runs on every request."""
 
     __slots__ = ("runtime",)
 

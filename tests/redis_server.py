@@ -1,8 +1,11 @@
 """A real `redis-server` on a free loopback port, for tests; stopped by its PID.
 
-No persistence (`--save ""`, `--appendonly no`) and its files in a temporary directory,
-so a test run leaves nothing behind. Tests marked `redis` skip, with the reason, only
-when the binary is not installed (scripts/test installs the Debian package).
+No persistence (`--save ""`, `--appendonly no`) unless asked for, and its files in a
+temporary directory, so a test run leaves nothing behind. `halt()` stops the process and
+`start()` starts it again on the same port and directory (a Redis restart: with
+`persist=True` it comes back with its data, otherwise empty). Tests marked `redis` skip,
+with the reason, only when the binary is not installed (scripts/test installs the Debian
+package).
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Self
+
+import pytest
 
 LOOPBACK = "127.0.0.1"
 STARTUP_TIMEOUT_S = 10.0
@@ -39,7 +45,8 @@ def _pong(port: int) -> bool:
     try:
         with socket.create_connection((LOOPBACK, port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            # A server with a password answers NOAUTH: up all the same.
+            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -47,11 +54,17 @@ def _pong(port: int) -> bool:
 class RedisServer:
     """`with RedisServer() as server: ... server.url` (db 0)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, persist: bool = False, password: str | None = None) -> None:
         self.port = _free_port()
         self.url = f"redis://{LOOPBACK}:{self.port}/0"
+        self.persist = persist
+        self.password = password
         self._dir = tempfile.TemporaryDirectory(prefix="serving-proxy-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
 
     def start(self) -> None:
         binary = shutil.which(BINARY)
@@ -67,7 +80,11 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                # Every write on disk before its reply, so a restart finds the last one.
+                "yes" if self.persist else "no",
+                "--appendfsync",
+                "always",
+                *(["--requirepass", self.password] if self.password else []),
                 "--daemonize",
                 "no",
                 "--dir",
@@ -87,7 +104,8 @@ class RedisServer:
                 raise TimeoutError(f"redis-server on port {self.port} not up in time")
             time.sleep(0.02)
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the process, keeping the port and the directory for `start()`."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()  # by PID: this process only
@@ -96,6 +114,9 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.halt()
         self._dir.cleanup()
 
     def __enter__(self) -> Self:
@@ -109,3 +130,13 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@pytest.fixture(name="redis", params=[True, False], ids=["restart-with-data", "restart-empty"])
+def restartable_redis(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A redis-server the test may stop and start again, once keeping its data on disk and
+    once coming back empty (import it into a test module to use it as `redis`)."""
+    if not available():
+        pytest.skip(MISSING)
+    with RedisServer(persist=request.param) as server:
+        yield server

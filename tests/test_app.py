@@ -219,8 +219,8 @@ async def test_bad_legacy_body_is_a_local_1x_error(serverless: LiveServer) -> No
         pytest.param({"status": 401}, 401, "CUSTOMER_UNAUTHORIZED", id="401"),
         pytest.param({"status": 503}, 503, "TEMPORARILY_UNAVAILABLE", id="503"),
         pytest.param({"status": 502}, 502, "INTERNAL_ERROR", id="502"),
-        # §6.4 M2: a 500 without stack_trace reads as a 2.0.1 predict MlflowException.
-        pytest.param({"status": 500}, 400, "BAD_REQUEST", id="500-is-m2"),
+        # §6.4 M2 (revised): an upstream 5xx stays a 5xx (M12), never a client 400.
+        pytest.param({"status": 500}, 500, "INTERNAL_ERROR", id="500-is-m12"),
         pytest.param({"malformed": True}, 502, "INTERNAL_ERROR", id="malformed-200"),
         pytest.param({"drop": True}, 503, "TEMPORARILY_UNAVAILABLE", id="dropped"),
     ],

@@ -120,6 +120,12 @@ def test_yaml_ints_become_version_strings() -> None:
         pytest.param({"redis": {"password_env": "1X"}}, "redis.password_env", id="redis-env"),
         pytest.param({"limits": {"header_bytes": 10}}, "limits.header_bytes", id="tiny-head"),
         pytest.param({"limits": {"body_timeout_s": 0}}, "limits.body_timeout_s", id="no-wait"),
+        pytest.param({"limits": {"max_depth": 513}}, "limits.max_depth", id="depth-ceiling"),
+        pytest.param(
+            {"limits": {"memory_wait_s": 30, "body_timeout_s": 30}},
+            "memory_wait_s: must be shorter than body_timeout_s",
+            id="memory-wait-past-body-deadline",
+        ),
         pytest.param(
             {"server": {"upstream_client": "httpx"}},
             "server.upstream_client",
@@ -204,3 +210,24 @@ def test_the_hardening_limits_have_their_documented_defaults() -> None:
     assert serverless.max_reply_bytes == 64 * 1024 * 1024
     assert serverless.retry_after_write is False
     assert serverless.pass_set_cookie is False
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://:in-the-url@127.0.0.1:6379/0", "unix:///run/redis.sock?db=0&password=in-the-url"],
+)
+def test_a_redis_password_in_the_url_and_in_the_environment_is_refused(url: str) -> None:
+    section = {"state": url, "redis": {"password_env": "REDIS_PASSWORD"}}
+    with pytest.raises(ConfigError, match=r"redis\.password_env: the state URL carries a password"):
+        parse_config({**base(), **section}, {"REDIS_PASSWORD": "s3cret"})
+    # Either one alone is fine.
+    parse_config({**base(), "state": url}, {})
+    parse_config(
+        {**base(), **section, "state": "redis://127.0.0.1:6379/0"}, {"REDIS_PASSWORD": "x"}
+    )
+
+
+def test_an_unset_memory_wait_fits_inside_a_short_body_deadline() -> None:
+    limits = parse_config({**base(), "limits": {"body_timeout_s": 4}}, {}).limits
+    assert limits.memory_wait_s == 2
+    assert parse_config(base(), {}).limits.memory_wait_s == 10

@@ -15,6 +15,7 @@ from proxy.telemetry.record import ExchangeRecord
 # One instance of every class, the status it answers and the content type it answers in.
 CASES: list[tuple[ProxyError, int, str | None]] = [
     (errors.BadRequest("bad"), 400, errors.JSON),
+    (errors.LimitExceeded("max_depth", "more than 100 levels of nesting", 100), 400, errors.JSON),
     (errors.UnsupportedMediaType.charset(), 415, errors.TEXT),
     (errors.MissingContentType(), 500, errors.HTML),
     (errors.MethodNotAllowed(("OPTIONS", "POST")), 405, errors.HTML),
@@ -22,6 +23,9 @@ CASES: list[tuple[ProxyError, int, str | None]] = [
     (errors.UnknownModel("iris", "9"), 404, errors.JSON),
     (errors.UnknownEndpoint("ep"), 404, errors.JSON),
     (errors.PayloadTooLarge(10), 413, errors.JSON),
+    (errors.HeadTooLarge(65536), 431, errors.JSON),
+    (errors.HeadTooLarge(65536, request_line=True), 414, errors.JSON),
+    (errors.BodyTimeout(30.0), 408, errors.JSON),
     (errors.UpstreamConnectError(), 503, errors.JSON),
     (errors.UpstreamTimeout(), 504, errors.JSON),
     (errors.UpstreamProtocolError(), 502, errors.JSON),

@@ -6,10 +6,12 @@ import os
 
 import httpx
 import pytest
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from proxy import jsoncodec
-from proxy.errors import PayloadTooLarge
+from proxy.asgi import BODY_TIMEOUT
+from proxy.budget import MemoryBudget
+from proxy.errors import BodyTimeout, Overloaded, PayloadTooLarge
 from proxy.middleware import (
     BodyLimitMiddleware,
     RequestContextMiddleware,
@@ -109,6 +111,53 @@ async def test_streamed_body_over_limit_raises_inside_the_app() -> None:
     async with client(app) as c:
         with pytest.raises(PayloadTooLarge):
             await c.post("/", content=chunks())
+
+
+async def test_a_declared_body_holds_its_room_until_the_reply_is_done() -> None:
+    budget = MemoryBudget(100, wait_s=0.05)
+    held: list[int] = []
+
+    async def spy(scope: Scope, receive: Receive, send: Send) -> None:
+        held.append(budget.used)
+        await echo_length(scope, receive, send)
+
+    app = BodyLimitMiddleware(spy, max_body_bytes=1000, budget=budget)
+    async with client(app) as c:
+        ok = await c.post("/", content=b"x" * 60)
+        assert budget.take_now(50)
+        refused = await c.post("/", content=b"x" * 60)  # 50 + 60 > 100, for 50 ms
+    assert (ok.status_code, held, budget.used) == (200, [60], 50)
+    assert refused.status_code == 503
+    assert refused.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+
+
+async def test_a_streamed_body_is_admitted_as_it_arrives() -> None:
+    budget = MemoryBudget(10, wait_s=0.05)
+    app = BodyLimitMiddleware(echo_length, max_body_bytes=1000, budget=budget)
+
+    async def chunks():  # no Content-Length: httpx streams it chunked
+        for _ in range(4):
+            yield b"xxxx"
+
+    async with client(app) as c:
+        with pytest.raises(Overloaded):
+            await c.post("/", content=chunks())
+    assert budget.used == 0  # what it took is given back
+
+
+async def test_a_body_the_server_marks_overdue_raises_408_in_the_app() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        async def late() -> Message:
+            scope[BODY_TIMEOUT] = 30.0  # as proxy.server marks it, then wakes the reader
+            return {"type": "http.request", "body": b"", "more_body": True}
+
+        await BodyLimitMiddleware(echo_length, max_body_bytes=10)(scope, late, send)
+
+    async with client(app) as c:
+        with pytest.raises(BodyTimeout) as info:
+            await c.post("/", content=b"x")
+    assert info.value.to_reply().status == 408
+    assert ("connection", "close") in info.value.to_reply().headers
 
 
 def test_generated_request_ids_are_unique_32_hex_digits() -> None:

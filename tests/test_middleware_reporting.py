@@ -16,9 +16,11 @@ from proxy.config.cutover import ClientKeyConfig
 from proxy.middleware import RequestContextMiddleware
 from proxy.models import Backend
 from proxy.routing import ClientKey, hash_client_key, report_label
+from proxy.telemetry.labels import ClientLabels
 from proxy.telemetry.record import ExchangeRecord
 
 pytestmark = pytest.mark.anyio
+SECRET = b"k" * 32
 TIMING = re.compile(
     r'^proxy;dur=[0-9.]+, upstream;dur=12\.000;desc="serverless", translate;dur=0\.500$'
 )
@@ -72,15 +74,15 @@ async def test_server_timing_can_be_off() -> None:
             ClientKeyConfig(header="x-client-app"),
             False,
             [("x-client-app", "billing")],
-            ClientKey("header", "billing"),
-            hash_client_key("billing"),
+            ClientKey("header", "billing", "10.0.0.9"),
+            hash_client_key("billing", SECRET),
             id="header-hashed",
         ),
         pytest.param(
             ClientKeyConfig(header="x-client-app"),
             True,
             [("x-client-app", " billing ")],
-            ClientKey("header", "billing"),
+            ClientKey("header", "billing", "10.0.0.9"),
             "billing",
             id="header-shown",
         ),
@@ -88,8 +90,8 @@ async def test_server_timing_can_be_off() -> None:
             ClientKeyConfig(header="x-client-app"),
             True,
             [],
-            ClientKey("address", "10.0.0.9"),
-            hash_client_key("10.0.0.9"),
+            ClientKey("address", "10.0.0.9", "10.0.0.9"),
+            hash_client_key("10.0.0.9", SECRET),
             id="address",
         ),
         pytest.param(ClientKeyConfig(address=False), False, [], None, None, id="none"),
@@ -110,7 +112,10 @@ async def test_the_client_key_is_read_once_for_routing_and_reports(
         await local(scope, receive, send)
 
     app = RequestContextMiddleware(
-        handler, on_complete=records.append, client_key=config, show_client_header=show
+        handler,
+        on_complete=records.append,
+        client_key=config,
+        labels=ClientLabels(SECRET, show_header=show),
     )
     transport = httpx.ASGITransport(app=app, client=("10.0.0.9", 5))
     async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as c:
@@ -121,10 +126,10 @@ async def test_the_client_key_is_read_once_for_routing_and_reports(
 
 def test_an_authorization_key_is_always_hashed_in_reports() -> None:
     key = ClientKey("authorization", "0" * 32)  # already a digest: never the token
-    assert report_label(key, show_header=True) == hash_client_key("0" * 32)
+    assert report_label(key, SECRET, show_header=True) == hash_client_key("0" * 32, SECRET)
 
 
 def test_hash_is_stable_and_short() -> None:
-    assert hash_client_key("10.0.0.9") == hash_client_key("10.0.0.9")
-    assert len(hash_client_key("x")) == 12
-    assert hash_client_key("a") != hash_client_key("b")
+    assert hash_client_key("10.0.0.9", SECRET) == hash_client_key("10.0.0.9", SECRET)
+    assert len(hash_client_key("x", SECRET)) == 12
+    assert hash_client_key("a", SECRET) != hash_client_key("b", SECRET)

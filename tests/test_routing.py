@@ -114,14 +114,14 @@ def test_no_key_requests_are_split_per_request_by_weight() -> None:
             ClientKeyConfig(header="x-client-id"),
             [(b"x-client-id", b"team-a")],
             "127.0.0.1",
-            ClientKey("header", "team-a"),
+            ClientKey("header", "team-a", "127.0.0.1"),
             id="header",
         ),
         pytest.param(
             ClientKeyConfig(header="x-client-id"),
             [],
             "127.0.0.1",
-            ClientKey("address", "127.0.0.1"),
+            ClientKey("address", "127.0.0.1", "127.0.0.1"),
             id="header-missing-falls-to-address",
         ),
         pytest.param(
@@ -167,18 +167,45 @@ def test_authorization_key_is_a_digest_never_the_token() -> None:
     assert again == key
 
 
+QA_HOST = "10.9.9.9"
+
+
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        pytest.param(ClientKey("header", "qa"), "serverless", Backend.SERVERLESS, id="allowed"),
-        pytest.param(ClientKey("header", "qa"), "LEGACY", Backend.LEGACY, id="case"),
-        pytest.param(ClientKey("header", "qa"), "both", None, id="bad-value"),
-        pytest.param(ClientKey("header", "bob"), "serverless", None, id="not-listed"),
+        pytest.param(
+            ClientKey("address", QA_HOST, QA_HOST), "serverless", Backend.SERVERLESS, id="allowed"
+        ),
+        pytest.param(ClientKey("address", QA_HOST, QA_HOST), "LEGACY", Backend.LEGACY, id="case"),
+        pytest.param(ClientKey("address", QA_HOST, QA_HOST), "both", None, id="bad-value"),
+        pytest.param(
+            ClientKey("address", "10.0.0.1", "10.0.0.1"), "serverless", None, id="not-listed"
+        ),
         pytest.param(None, "serverless", None, id="no-key"),
+        # The bucket key came from a header, but the identity is still the address.
+        pytest.param(
+            ClientKey("header", "bob", QA_HOST), "serverless", Backend.SERVERLESS, id="by-address"
+        ),
+        # A client-chosen header naming a listed value is never an identity.
+        pytest.param(ClientKey("header", QA_HOST, "10.0.0.1"), "serverless", None, id="spoof"),
+        pytest.param(ClientKey("header", QA_HOST), "serverless", None, id="no-identity"),
+        pytest.param(
+            ClientKey("authorization", QA_HOST, "10.0.0.1"), "serverless", None, id="auth-digest"
+        ),
     ],
 )
 def test_override(key: ClientKey | None, value: str, expected: Backend | None) -> None:
-    assert override_of([("x-serving-proxy-route", value)], key, {"qa"}) is expected
+    assert override_of([("x-serving-proxy-route", value)], key, {QA_HOST}) is expected
+
+
+def test_an_override_listed_by_header_value_is_refused_end_to_end() -> None:
+    """`client_key.header` lets any client name itself; the override asks who it is."""
+    config = ClientKeyConfig(header="x-client-id")
+    spoofed = client_key([(b"x-client-id", b"qa-team")], "203.0.113.7", config)
+    route = [("x-serving-proxy-route", "serverless")]
+    assert override_of(route, spoofed, {"qa-team"}) is None
+    listed = client_key([(b"x-client-id", b"anything")], "10.9.9.9", config)
+    assert override_of(route, listed, {"10.9.9.9"}) is Backend.SERVERLESS
 
 
 def test_override_beats_the_weight() -> None:

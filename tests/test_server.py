@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import pickle
+import platform
 import subprocess
 import sys
 import threading
@@ -15,7 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from proxy.config.backends import Limits
 from proxy.server import CoalescingHttpToolsProtocol, CoalescingTransport
+from proxy.serverlimits import ServerLimits
 from tests.servers import LiveServer
 
 pytestmark = pytest.mark.anyio
@@ -124,13 +129,13 @@ def test_a_whole_reply_leaves_before_the_apps_work_after_it() -> None:
     assert finished[0] is True
 
 
-def test_tune_gc_freezes_the_heap_and_raises_the_young_threshold() -> None:
+def test_tune_memory_freezes_the_heap_and_raises_the_young_threshold() -> None:
     # In a child: the test process's own collector is none of this test's business.
     code = (
         "import gc\n"
-        "from proxy.server import GC_GEN0_THRESHOLD, tune_gc\n"
+        "from proxy.server import GC_GEN0_THRESHOLD, tune_memory\n"
         "before = gc.get_threshold()\n"
-        "tune_gc()\n"
+        "tune_memory()\n"
         "after = gc.get_threshold()\n"
         "class Node: pass\n"
         "a, b = Node(), Node(); a.b, b.a = b, a; del a, b\n"
@@ -141,3 +146,24 @@ def test_tune_gc_freezes_the_heap_and_raises_the_young_threshold() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["True", "True", "True", "True"]
+
+
+def test_each_worker_holds_its_share_of_the_connection_limit() -> None:
+    limits = Limits(max_connections=10, header_bytes=2048, head_timeout_s=3, body_timeout_s=4)
+    assert ServerLimits.of(limits) == ServerLimits(2048, 3.0, 4.0, 10)
+    assert ServerLimits.of(limits, workers=3).max_connections == 4  # rounded up
+    assert ServerLimits.of(Limits(max_connections=2), workers=8).max_connections == 1
+
+
+def test_the_protocol_with_its_limits_survives_the_trip_to_a_worker_process() -> None:
+    # `serve` hands uvicorn a partial; with several workers uvicorn pickles it for each.
+    protocol = functools.partial(CoalescingHttpToolsProtocol, limits=ServerLimits.of(Limits()))
+    again = pickle.loads(pickle.dumps(protocol))
+    assert (again.func, again.keywords) == (protocol.func, protocol.keywords)
+
+
+def test_tune_malloc_fixes_the_mmap_threshold_where_glibc_runs() -> None:
+    # In a child: the setting is process-wide and lasts the process's life.
+    code = "from proxy.server import tune_malloc\nprint(tune_malloc())\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(platform.libc_ver()[0] == "glibc")

@@ -11,11 +11,17 @@ an `AdminError` raised for the app's one error renderer, never a reply built her
                                             rollback; body {"reason": ..., "to": ...})
     GET  /admin/models/{model}/history      the audit log of one model, newest first
     GET  /admin/audit                       the audit log of every model
+
+Every view says `persisted`: whether the store holds what this replica serves. A rollback
+or pause takes effect here even while the state store is out: it answers 202 with
+`"persisted": false` then, and is stored when the store is back. Any other change, and the
+audit log, answer 503 `state_unavailable` meanwhile; reads of the live state answer 200.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Literal
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,11 +41,16 @@ from proxy.runtime import Runtime
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MOVES = ("promote", "pause", "resume", "rollback")
+# ASCII digits only, and few of them: `str.isdigit` and `int` also take "²" or "٣", and an
+# unbounded run of digits costs quadratic time to convert.
+LIMIT_RE = re.compile(r"[0-9]{1,4}")
+# 202: a change applied here that the store has not taken yet (in force on this replica).
+Success = Literal[200, 202]
 
 
-def _json(obj: Any) -> Response:
-    """A success reply; refusals are raised as `AdminError`."""
-    return Response(jsoncodec.dumps(obj), media_type=JSON)
+def _json(obj: Any, status: Success = 200) -> Response:
+    """A success reply; refusals are raised as `AdminError`, never built here."""
+    return Response(jsoncodec.dumps(obj), status_code=status, media_type=JSON)
 
 
 def _runtime(request: Request) -> Runtime:
@@ -56,7 +67,7 @@ def _model_name(cutover: Cutover, request: Request) -> str:
 
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if LIMIT_RE.fullmatch(raw) is None or not 1 <= int(raw) <= MAX_LIMIT:
         raise AdminError(400, "bad_request", f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 
@@ -131,7 +142,8 @@ async def move(request: Request) -> Response:
         await _change(cutover.rollback(name, actor, reason, to))
     else:
         await _change(getattr(cutover, action)(name, actor, reason))
-    return _json(model_view(runtime, name, mismatches=False))
+    view = model_view(runtime, name, mismatches=False)
+    return _json(view, 200 if view["persisted"] else 202)
 
 
 async def history(request: Request) -> Response:

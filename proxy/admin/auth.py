@@ -22,6 +22,7 @@ from starlette.requests import Request
 from proxy.config import ADMIN_TOKEN_ENV, ProxyConfig
 from proxy.errors import AdminError, NoRoute
 from proxy.runtime import Runtime
+from proxy.telemetry.listener import METRICS_LISTENER
 
 # Query parameters that look like a credential: refused whatever their value.
 CREDENTIAL_PARAMS = frozenset(
@@ -29,6 +30,7 @@ CREDENTIAL_PARAMS = frozenset(
 )
 BEARER_REALM = 'Bearer realm="serving-proxy admin"'
 BASIC_REALM = 'Basic realm="serving-proxy admin", charset="UTF-8"'
+METRICS_REALM = 'Bearer realm="serving-proxy metrics"'
 
 
 def _config(request: Request) -> ProxyConfig:
@@ -61,6 +63,16 @@ def require_admin(request: Request) -> str:
             "credentials_in_query",
             "credentials are refused in the query string; send Authorization: Bearer <token>",
         )
+    require_bearer(request, token, "admin", BEARER_REALM)
+    return config.admin.token_name
+
+
+def require_bearer(request: Request, token: str, what: str, realm: str) -> None:
+    """`Authorization: Bearer <token>`, compared in constant time; else 401.
+
+    Raises:
+        AdminError: no or another token (401, `WWW-Authenticate: <realm>`).
+    """
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode("utf-8"), token.encode("utf-8")
@@ -68,10 +80,29 @@ def require_admin(request: Request) -> str:
         raise AdminError(
             401,
             "unauthorized",
-            "a valid admin bearer token is required",
-            (("www-authenticate", BEARER_REALM),),
+            f"a valid {what} bearer token is required",
+            (("www-authenticate", realm),),
         )
-    return config.admin.token_name
+
+
+def require_metrics(request: Request) -> None:
+    """Authorize a `/metrics` scrape by `metrics:`.
+
+    With `metrics.listen` set, `/metrics` is served on that listener only: on any other
+    it is 404, as an unknown path. With `metrics.token_env` set, a scrape needs that
+    token as a bearer token (the check admin requests use, against another token).
+
+    Raises:
+        NoRoute: `/metrics` lives on its own listener, and this is not it.
+        AdminError: a token is configured and the request has no or another one (401).
+    """
+    config = _config(request)
+    metrics = config.metrics
+    if metrics.listen is not None and not request.scope.get(METRICS_LISTENER):
+        raise NoRoute(f"no route for {request.url.path}")
+    if metrics.token_env is not None:
+        token = config.secrets[metrics.token_env].get_secret_value()
+        require_bearer(request, token, "metrics", METRICS_REALM)
 
 
 def bearer_from_basic(authorization: str) -> str | None:

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy import jsoncodec
-from proxy.admin.auth import require_browser_admin
+from proxy.admin.auth import require_browser_admin, require_metrics
 from proxy.errors import JSON, AdminError
 from proxy.telemetry.hub import Hub
 
@@ -58,7 +58,9 @@ def _json(body: object) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus exposition; every worker's numbers when several run (multiprocess)."""
+    """Prometheus exposition; every worker's numbers when several run (multiprocess).
+    Who may scrape is `metrics:`'s to say (`require_metrics`)."""
+    require_metrics(request)
     reporting = reporting_of(request)
     if reporting.metrics is None:
         raise AdminError(404, "metrics_off", "metrics are off (reporting.metrics: false)", NO_STORE)

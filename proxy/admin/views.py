@@ -28,6 +28,9 @@ def cutover_view(cutover: Cutover, name: str) -> dict[str, Any]:
         "shadow_percent": state.shadow_percent,
         "source": state.source,
         "changed_at": state.changed_at,
+        # False: a rollback or pause is in force here but the store is out; it is written
+        # (and other replicas follow) when the store answers again.
+        "persisted": cutover.persisted(name),
         "rollout": None,
     }
     if policy is not None:

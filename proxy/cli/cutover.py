@@ -93,14 +93,22 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:g}%"
 
 
+# What a move prints when the proxy applied it but its state store is out (HTTP 202).
+NOT_PERSISTED = (
+    "not persisted yet: the proxy's state store is unreachable. The change is in force on "
+    "the replica that answered and is stored when the store is back; other replicas follow then."
+)
+
+
 def _note(view: Mapping[str, Any]) -> str:
+    note = ""
     rollout = view.get("rollout")
     if rollout:
         evaluation = rollout.get("evaluation")
-        if evaluation:
-            return str(evaluation["reason"])
-        return str(rollout.get("reason") or "")
-    return ""
+        note = str(evaluation["reason"]) if evaluation else str(rollout.get("reason") or "")
+    if view.get("persisted") is False:
+        note = f"NOT PERSISTED (state store unreachable); {note}".rstrip("; ")
+    return note
 
 
 def print_status(views: list[Mapping[str, Any]], out: TextIO) -> None:
@@ -182,6 +190,8 @@ def run_admin_command(
                 body["to"] = args.to
             view = _call(client, "POST", f"/admin/models/{args.model}/{command}", body)
         print_status([view], stream)
+        if view.get("persisted") is False:
+            print(f"{command} {args.model}: {NOT_PERSISTED}", file=stream)
         return 0
     except CliError as exc:
         print(f"serving-proxy {command}: {exc}", file=sys.stderr)

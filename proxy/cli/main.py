@@ -9,6 +9,7 @@ arguments are handed over at run time, and each parses its own flags.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
@@ -29,7 +30,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from proxy.app import create_app
     from proxy.config import ConfigError, load_config
-    from proxy.server import CoalescingHttpToolsProtocol, tune_gc
+    from proxy.server import CoalescingHttpToolsProtocol, tune_memory
+    from proxy.serverlimits import ServerLimits
 
     try:
         config = load_config(args.config, os.environ)
@@ -39,15 +41,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or config.listen.host
     port = config.listen.port if args.port is None else args.port
     configure_logging(config.logging.level)
-    trusted = list(config.server.trusted_proxies)
     common: dict[str, Any] = {
         "host": host,
         "port": port,
         "loop": "uvloop",
-        # httptools, with a reply's head and body sent in one write (proxy/server.py).
-        "http": CoalescingHttpToolsProtocol,
-        "proxy_headers": bool(trusted),
-        "forwarded_allow_ips": trusted or None,
+        # httptools, with a reply's head and body sent in one write, and the limits on
+        # heads, bodies and connections (proxy/server.py); each worker holds its share of
+        # the connections. A partial, not a subclass: workers get it pickled.
+        "http": functools.partial(
+            CoalescingHttpToolsProtocol,
+            limits=ServerLimits.of(config.limits, config.server.workers),
+        ),
+        # The app settles forwarding itself (proxy.middleware.ForwardingMiddleware): it
+        # needs the real peer, which uvicorn's proxy_headers would replace.
+        "proxy_headers": False,
         "timeout_graceful_shutdown": config.server.graceful_shutdown_s,
         "server_header": False,
         "access_log": False,
@@ -67,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
     else:
         app = create_app(config)
-        tune_gc()
+        tune_memory()
         uvicorn.run(app, **common)
     return 0
 

@@ -45,6 +45,10 @@ MODEL_COLUMNS = (
     "legacy_client_requests",
 )
 CLIENT_COLUMNS = ("model", "client", "requests", "last_seen", "formats")
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV
+# injection"); a client label can be a header value the client chose
+# (`reporting.show_client_header`), so such a text cell is written behind a `'`.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def fetch(url: str, token: str | None, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
@@ -126,17 +130,25 @@ def render_json(report: Mapping[str, Any]) -> str:
     return jsoncodec.dumps(document).decode() + "\n"
 
 
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell a spreadsheet shows and never evaluates: None is empty, a
+    text that could start a formula gets a leading `'`; numbers are written as they are
+    (a number cannot carry a formula, and a `'` would turn it into text)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def render_csv(report: Mapping[str, Any], what: str = "models") -> str:
     out = io.StringIO()
-    if what == "clients":
-        writer = csv.DictWriter(out, CLIENT_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(client_rows(report))
-    else:
-        writer = csv.DictWriter(out, MODEL_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in model_rows(report):
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    rows = client_rows(report) if what == "clients" else model_rows(report)
+    columns = CLIENT_COLUMNS if what == "clients" else MODEL_COLUMNS
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: csv_cell(v) for k, v in row.items()})
     return out.getvalue()
 
 

@@ -24,6 +24,7 @@ from proxy.config.cutover import (
     RolloutConfig,
     RouteOverrideConfig,
     ShadowConfig,
+    url_has_password,
 )
 from proxy.config.telemetry import (
     LoggingConfig,
@@ -175,6 +176,11 @@ class ProxyConfig(Frozen):
                     f"models.{endpoints[endpoint]}"
                 )
             endpoints[endpoint] = name
+        if self.redis.password_env and self.state and url_has_password(self.state):
+            raise ValueError(
+                "redis.password_env: the state URL carries a password as well; give it in "
+                "one place (the environment variable keeps it out of the file)"
+            )
         return self
 
     def token_envs(self) -> set[str]:

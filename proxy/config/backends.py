@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import string
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from proxy.config.base import EnvName, Frozen
 
@@ -30,6 +30,11 @@ DEFAULT_MAX_CONNECTIONS = 4096
 DEFAULT_MAX_COLUMNS = 16_384
 DEFAULT_MAX_CELLS = 10_000_000
 DEFAULT_MAX_DEPTH = 100
+# The deepest JSON the proxy handles whatever `max_depth` says. orjson refuses past 1024
+# levels, and the stdlib's parser and encoder (NaN bodies, integers beyond 64 bits, every
+# reply) spend one frame of Python's recursion limit (1000) per level, shared with the
+# frames of the server below them.
+DEPTH_CEILING = 512
 DEFAULT_OFFLOAD_BYTES = 1024 * 1024
 DEFAULT_MEMORY_WAIT_S = 10.0
 DEFAULT_GRACEFUL_SHUTDOWN_S = 30.0
@@ -138,7 +143,7 @@ class Limits(Frozen):
     max_connections: int = Field(DEFAULT_MAX_CONNECTIONS, ge=1)
     max_columns: int = Field(DEFAULT_MAX_COLUMNS, ge=1)
     max_cells: int = Field(DEFAULT_MAX_CELLS, ge=1)
-    max_depth: int = Field(DEFAULT_MAX_DEPTH, ge=2)
+    max_depth: int = Field(DEFAULT_MAX_DEPTH, ge=2, le=DEPTH_CEILING)
     # Bodies at least this large are translated off the event loop.
     offload_bytes: int = Field(DEFAULT_OFFLOAD_BYTES, ge=1)
     # Bodies in flight are admitted against this; default: a quarter of the memory the
@@ -146,6 +151,23 @@ class Limits(Frozen):
     memory_budget_mb: int | None = Field(None, ge=1)
     # How long a body may wait for room in the budget before 503 `Overloaded`.
     memory_wait_s: float = Field(DEFAULT_MEMORY_WAIT_S, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_wait_within_body_deadline(cls, data: Any) -> Any:
+        # Unset, the wait fits inside a shortened body deadline instead of refusing it.
+        if isinstance(data, dict) and "memory_wait_s" not in data:
+            body_timeout = data.get("body_timeout_s", DEFAULT_BODY_TIMEOUT_S)
+            if isinstance(body_timeout, int | float) and body_timeout > 0:
+                return {**data, "memory_wait_s": min(DEFAULT_MEMORY_WAIT_S, body_timeout / 2)}
+        return data
+
+    @model_validator(mode="after")
+    def _wait_within_body_deadline(self) -> Limits:
+        # A body still waiting for room when its deadline passes would get 408, not 503.
+        if self.memory_wait_s >= self.body_timeout_s:
+            raise ValueError("memory_wait_s: must be shorter than body_timeout_s")
+        return self
 
 
 class ServerConfig(Frozen):

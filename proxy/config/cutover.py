@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, field_validator
 
@@ -119,3 +120,15 @@ class RedisConfig(Frozen):
     environment, so that it need not sit in the config file's URL."""
 
     password_env: EnvName | None = None
+
+
+def url_has_password(url: str) -> bool:
+    """Whether a `state:` URL carries a password (`redis://:pw@host`, `unix://...?password=`).
+
+    With `redis.password_env` as well, which one counts would be a guess (redis-py lets
+    the URL's win), so the config refuses the pair.
+    """
+    if "://" not in url:
+        return False
+    parts = urlsplit(url)
+    return bool(parts.password) or "password" in parse_qs(parts.query)

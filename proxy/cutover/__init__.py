@@ -3,6 +3,8 @@
 One module per job; `Cutover` only wires them together for the app:
 
 - `table`: the live routing table and the hot-path decision (no I/O);
+- `state`: one model's state as stored; `deferred`: a rollback or pause applied here
+  before the store has it, and the rule that writes it when the store is back;
 - `commands`: compare-and-set changes through the store, and their audit log;
 - `sync`: following the store (the poll loop), so every replica sees every change;
 - `controller` and `window`: the rollout controller and the gate window it judges;
@@ -15,11 +17,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from proxy.config import ProxyConfig
-from proxy.cutover.commands import Commands
+from proxy.cutover.commands import ChangeError, Commands
 from proxy.cutover.controller import Controller
-from proxy.cutover.store import StateStore, open_store
+from proxy.cutover.redisstore import RedisStore
+from proxy.cutover.store import MEMORY, SqliteStore, StateError, StateStore
 from proxy.cutover.sync import DEFAULT_POLL_S, StoreSync
 from proxy.cutover.table import LiveTable, ModelState
 from proxy.routing import RoutingTable
@@ -57,7 +61,7 @@ class Cutover:
         poll_s: float = DEFAULT_POLL_S,
     ) -> None:
         self.config = config
-        self.store = store if store is not None else open_store(config.state)
+        self.store = store if store is not None else open_store(config.state, _password(config))
         self.on_change: list[ChangeListener] = []
         self.live = LiveTable(config, clock(), rng or random.Random())
         self.sync = StoreSync(self.live, self.store, self._changed, poll_s)
@@ -77,6 +81,7 @@ class Cutover:
         self.resume = self.commands.resume
         self.rollback = self.commands.rollback
         self.history = self.commands.history
+        self.persisted = self.commands.persisted
 
         self.models = self.live.models
         self.state = self.live.state
@@ -102,7 +107,26 @@ class Cutover:
         await self.store.open()
         await self.sync.refresh(force=True)
         await self.commands.seed()
-        self._tasks.spawn(self.sync.follow(self.controller.tick), name="cutover-poll")
+        self._tasks.spawn(self.sync.follow(self._after_poll), name="cutover-poll")
+
+    async def poll(self) -> None:
+        """One turn of the loop `start` runs: re-read the store, write what was applied
+        here while it was out, and judge the rollout gates."""
+        await self._after_poll(await self.sync.poll())
+
+    async def _after_poll(self, reachable: bool) -> None:
+        if reachable and self.live.unsettled():
+            try:
+                for name, done in await self.commands.flush():
+                    LOGGER.warning(
+                        "%s: the %s applied here at %s while the state store was out is stored now",
+                        name,
+                        done.action,
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(done.at)),
+                    )
+            except (StateError, ChangeError):
+                pass  # still pending; the next poll tries again
+        await self.controller.tick()
 
     async def aclose(self) -> None:
         await self._tasks.aclose()
@@ -116,3 +140,28 @@ class Cutover:
                 listener(name, new, action)
             except Exception:
                 LOGGER.exception("cutover listener failed")
+
+
+def _password(config: ProxyConfig) -> str | None:
+    """The Redis password `redis.password_env` names, read into the config's secrets."""
+    env = config.redis.password_env
+    secret = None if env is None else config.secrets.get(env)
+    return None if secret is None else secret.get_secret_value()
+
+
+def open_store(url: str | None, redis_password: str | None = None) -> StateStore:
+    """The store a `state:` value names: None or `:memory:` (process-local, for tests and
+    embedding), a `redis://` / `rediss://` URL (with `redis_password`, from
+    `redis.password_env`), or a SQLite file path.
+
+    Raises:
+        StateError: a URL scheme this proxy cannot use.
+    """
+    if url is None or url == MEMORY:
+        return SqliteStore(MEMORY)
+    if "://" in url:
+        scheme = urlsplit(url).scheme
+        if scheme in ("redis", "rediss", "unix"):
+            return RedisStore(url, password=redis_password)
+        raise StateError(f"state: {scheme}:// is not a store (use a file path or redis://)")
+    return SqliteStore(url)

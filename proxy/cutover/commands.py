@@ -6,6 +6,13 @@ a refused change leaves the old state and raises `ChangeError` with the reason. 
 re-reads the store and decides again on what won, so a step computed by two replicas at
 once happens once. Each write carries its audit entry, also logged to `serving_proxy.audit`.
 
+A rollback and a pause are the exceptions to validate-then-commit: they are what an
+operator reaches for when something is wrong, store outage included, so they are applied
+to this process first (`deferred`) and written after; if the store does not take them
+within `PERSIST_WAIT_S` they stay applied here, `persisted` is false, and `flush` writes
+them when the store answers again (the rule is in `deferred`). Any other change while a
+model has one pending writes that first, and fails with `StateError` if it cannot.
+
 The config seeds the state: a model the store does not know starts at its configured
 weights; after a run-time change, the store wins across restarts. A model whose stored
 state still comes from the config follows the config when the config changes.
@@ -17,21 +24,27 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
+import anyio
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from proxy import jsoncodec
 from proxy.config.base import Percent
 from proxy.config.cutover import RolloutConfig
-from proxy.cutover.rollout import RolloutState, RolloutStatus, next_step, rollback_target
-from proxy.cutover.store import AuditEntry, StateStore
+from proxy.cutover.deferred import Deferred, RollbackTo, on_top, rolled_back
+from proxy.cutover.rollout import RolloutState, RolloutStatus, next_step
+from proxy.cutover.store import AuditEntry, StateError, StateStore
 from proxy.cutover.sync import StoreSync
 from proxy.cutover.table import ChangeHook, LiveTable, ModelState
 
 AUDIT_LOGGER = logging.getLogger("serving_proxy.audit")
+LOGGER = logging.getLogger("serving_proxy.cutover")
 MAX_CAS_ATTEMPTS = 8
 CONFIG_ACTOR = "config"
+# How long a rollback or pause request waits for the store before it answers that the
+# change is applied here but not stored yet (it is already in force either way).
+PERSIST_WAIT_S = 1.0
 
 # From the latest state: the new state and the reason, or None when there is nothing to do.
 Change = Callable[[ModelState], tuple[ModelState, str] | None]
@@ -69,6 +82,13 @@ def parse_change(data: Any) -> WeightChange:
     if change.serverless_percent is None and change.shadow_percent is None:
         raise ChangeError("give serverless_percent and/or shadow_percent")
     return change
+
+
+def _replay(
+    deferred: Deferred, policy: RolloutConfig | None, stored: ModelState
+) -> tuple[ModelState, str] | None:
+    new = on_top(deferred, stored, policy)
+    return None if new is None else (new, deferred.reason)
 
 
 def to_state(new: ModelState, reason: str) -> Change:
@@ -118,42 +138,124 @@ class Commands:
         self.clock = clock
         self._sync = sync
         self._changed = changed
+        self._flushing = anyio.Lock()
 
     async def apply(
-        self, name: str, change: Change, actor: str, action: str, expected: ModelState | None
+        self,
+        name: str,
+        change: Change,
+        actor: str,
+        action: str,
+        expected: ModelState | None,
+        *,
+        settles: Deferred | None = None,
     ) -> ModelState:
-        """Compare-and-set one model: compute from the latest state, write, swap.
+        """Compare-and-set one model: compute from the latest stored state, write, swap.
 
         `change` returns the new state and the reason, or None when there is nothing to
         do (someone else already did it). With `expected`, nothing is done once the state
         is no longer that one. On a lost race the store is re-read and `change` runs again
-        on what won.
+        on what won. A rollback or pause still pending here is written first (`settles`
+        names the one this call writes).
+
+        Raises:
+            StateError: the store did not answer; nothing was changed.
+            ChangeError: refused by `change`, or lost the race too often.
         """
+        if settles is None and self.table.deferred(name):
+            await self.flush(name)
         for _ in range(MAX_CAS_ATTEMPTS):
-            revision, current = self.table.revision(name), self.table.state(name)
-            if expected is not None and current != expected:
-                return current
-            result = change(current)
+            revision, stored = self.table.revision(name), self.table.stored(name)
+            before = self.table.state(name)
+            if expected is not None and before != expected:
+                return before
+            result = change(stored)
             if result is None:
-                return current
+                if settles is not None:
+                    self._settle(name, settles, before, action)
+                return self.table.state(name)
             new, reason = result
             entry = AuditEntry(
                 at=new.changed_at,
                 model=name,
                 actor=actor,
                 action=action,
-                old=None if revision is None else current.to_json(),
+                old=None if revision is None else stored.to_json(),
                 new=new.to_json(),
                 reason=reason,
             )
             if await self.store.write(name, revision, new.to_json(), entry):
                 self.table.put(name, (revision or 0) + 1, new)
-                self.table.publish()
                 AUDIT_LOGGER.info(jsoncodec.dumps(entry.to_json()).decode())
-                self._changed(name, current, new, action)
+                if settles is None:
+                    self.table.publish()
+                    self._changed(name, before, new, action)
+                else:
+                    self._settle(name, settles, before, action)
                 return new
             await self._sync.refresh(force=True)
         raise ChangeError(f"{name}: changed concurrently {MAX_CAS_ATTEMPTS} times; try again")
+
+    def _settle(self, name: str, done: Deferred, before: ModelState, action: str) -> None:
+        self.table.settle(name, done)
+        self.table.publish()
+        after = self.table.state(name)
+        if after != before:
+            self._changed(name, before, after, action)
+
+    def defer(self, name: str, deferred: Deferred) -> ModelState:
+        """Apply a rollback or pause here now, without the store; `flush` writes it."""
+        before = self.table.state(name)
+        self.table.defer(name, deferred)
+        self.table.publish()
+        after = self.table.state(name)
+        if after != before:
+            self._changed(name, before, after, deferred.action)
+        return after
+
+    async def first(self, name: str, deferred: Deferred) -> ModelState:
+        """Apply a rollback or pause here now, then write it (within `PERSIST_WAIT_S`);
+        kept and written by `flush` later when the store does not take it now."""
+        self.defer(name, deferred)
+        try:
+            with anyio.move_on_after(PERSIST_WAIT_S):
+                await self.flush(name)
+        except (StateError, ChangeError) as exc:
+            LOGGER.warning(
+                "%s: %s applied here, not stored yet (it will be when the store answers): %s",
+                name,
+                deferred.action,
+                exc,
+            )
+        return self.table.state(name)
+
+    def persisted(self, name: str) -> bool:
+        """Whether the store holds what this process serves for the model."""
+        return not self.table.deferred(name)
+
+    async def flush(self, name: str | None = None) -> list[tuple[str, Deferred]]:
+        """Write the rollbacks and pauses applied here while the store was out, oldest
+        first, each on top of whatever the store holds now (the rule in `deferred`).
+        Returns what is settled now, with its model.
+
+        Raises:
+            StateError: the store did not answer; what is left stays pending.
+            ChangeError: lost the race too often; what is left stays pending.
+        """
+        done: list[tuple[str, Deferred]] = []
+        async with self._flushing:
+            for model in [name] if name is not None else self.table.unsettled():
+                for deferred in self.table.deferred(model):
+                    await self.apply(
+                        model,
+                        partial(_replay, deferred, self.table.config.models[model].rollout),
+                        deferred.actor,
+                        deferred.action,
+                        None,
+                        settles=deferred,
+                    )
+                    done.append((model, deferred))
+        return done
 
     async def seed(self) -> None:
         """Write the config's state for every model the store does not know, or that still
@@ -228,52 +330,45 @@ class Commands:
         return await self.apply(name, apply, actor, "promote", None)
 
     async def pause(self, name: str, actor: str, reason: str = "") -> ModelState:
-        """Stop the automatic steps; the gates still roll back on failure."""
-        return await self._set_status(name, actor, "pause", RolloutStatus.PAUSED, reason)
+        """Stop the automatic steps; the gates still roll back on failure. Applied here at
+        once, stored when the store answers (`persisted`)."""
+        self.table.state(name)
+        self._policy(name)
+        now = self.clock()
+        why = reason or f"pause by {actor}"
+        return await self.first(name, Deferred("pause", actor, why, now, self.table.state(name)))
 
     async def resume(self, name: str, actor: str, reason: str = "") -> ModelState:
         """Run the rollout again from the current weight; the interval starts now."""
-        return await self._set_status(name, actor, "resume", RolloutStatus.RUNNING, reason)
-
-    async def _set_status(
-        self, name: str, actor: str, action: str, status: RolloutStatus, reason: str
-    ) -> ModelState:
         self.table.state(name)
         self._policy(name)
 
         def apply(s: ModelState) -> tuple[ModelState, str]:
             now = self.clock()
-            why = reason or f"{action} by {actor}"
-            return replace(s, rollout=RolloutState(status, now, why), changed_at=now), why
+            why = reason or f"resume by {actor}"
+            return replace(
+                s, rollout=RolloutState(RolloutStatus.RUNNING, now, why), changed_at=now
+            ), why
 
-        return await self.apply(name, apply, actor, action, None)
+        return await self.apply(name, apply, actor, "resume", None)
 
     async def rollback(
         self,
         name: str,
         actor: str,
         reason: str = "",
-        to: Literal["zero", "last_good"] | None = None,
+        to: RollbackTo | None = None,
     ) -> ModelState:
-        """Send the model's traffic back to legacy now (0%, or the last good step)."""
-        self.table.state(name)
+        """Send the model's traffic back to legacy now (0%, or the last good step).
+        Applied here at once, stored when the store answers (`persisted`)."""
+        current = self.table.state(name)
         if not self.table.has_legacy:
             raise ChangeError("backends.legacy is not configured: nowhere to roll back to")
         policy = self.table.config.models[name].rollout
-
-        def apply(s: ModelState) -> tuple[ModelState, str]:
-            now = self.clock()
-            target = 0.0
-            if policy is not None:
-                how = to or policy.on_failure
-                target = rollback_target(
-                    policy.model_copy(update={"on_failure": how}), s.serverless_percent
-                )
-            why = reason or f"rolled back by {actor}"
-            rollout = None if policy is None else RolloutState(RolloutStatus.ROLLED_BACK, now, why)
-            return ModelState(target, s.shadow_percent, rollout, "admin", now), why
-
-        return await self.apply(name, apply, actor, "rollback", None)
+        now = self.clock()
+        why = reason or f"rolled back by {actor}"
+        target = rolled_back(current, policy, to, now, why).serverless_percent
+        return await self.first(name, Deferred("rollback", actor, why, now, current, target))
 
     async def history(self, name: str, limit: int = 100) -> list[AuditEntry]:
         """The model's changes, newest first; rollbacks have `action == "rollback"`."""

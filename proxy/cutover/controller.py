@@ -12,8 +12,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from proxy.config.cutover import RolloutConfig
 from proxy.cutover.commands import Commands, to_state
+from proxy.cutover.deferred import Deferred
 from proxy.cutover.rollout import Action, RolloutState, RolloutStatus, WindowStats, evaluate
+from proxy.cutover.store import StateError
 from proxy.cutover.table import LiveTable, ModelState
 from proxy.cutover.window import Window, is_error
 from proxy.models import Backend
@@ -74,30 +77,45 @@ class Controller:
         return self._actions.get(model)
 
     async def tick(self) -> None:
-        """Evaluate every model's rollout gates once and apply what they call for."""
-        now = self.clock()
+        """Evaluate every model's rollout gates once and apply what they call for.
+
+        Runs while the store is out as well: a failing gate then rolls this process back
+        at once (stored later, as an admin rollback is), while a step up waits for the
+        store. Every model is judged even if one's write fails.
+
+        Raises:
+            StateError: some write did not reach the store (after every model was judged).
+        """
+        failed: StateError | None = None
         for name, model in self.table.config.models.items():
-            policy = model.rollout
-            if policy is None:
+            if model.rollout is None:
                 continue
-            state = self.table.state(name)
-            rollout = state.rollout or RolloutState(RolloutStatus.RUNNING, state.changed_at)
-            window = self._windows[name].summary(now, policy.window_s)
-            action = evaluate(policy, state.serverless_percent, rollout, window, now)
-            self._actions[name] = action
-            if action.kind in ("advance", "rollback"):
-                assert action.percent is not None
-                await self._move(name, state, action, now)
-            elif action.kind == "done" and rollout.status is not RolloutStatus.DONE:
-                done = replace(
-                    state,
-                    rollout=RolloutState(RolloutStatus.DONE, now, action.reason),
-                    source="rollout",
-                    changed_at=now,
-                )
-                await self.commands.apply(
-                    name, to_state(done, action.reason), ROLLOUT_ACTOR, "done", state
-                )
+            try:
+                await self._judge(name, model.rollout)
+            except StateError as exc:
+                failed = exc
+        if failed is not None:
+            raise failed
+
+    async def _judge(self, name: str, policy: RolloutConfig) -> None:
+        now = self.clock()
+        state = self.table.state(name)
+        rollout = state.rollout or RolloutState(RolloutStatus.RUNNING, state.changed_at)
+        window = self._windows[name].summary(now, policy.window_s)
+        action = evaluate(policy, state.serverless_percent, rollout, window, now)
+        self._actions[name] = action
+        if action.kind in ("advance", "rollback"):
+            await self._move(name, state, action, now)
+        elif action.kind == "done" and rollout.status is not RolloutStatus.DONE:
+            done = replace(
+                state,
+                rollout=RolloutState(RolloutStatus.DONE, now, action.reason),
+                source="rollout",
+                changed_at=now,
+            )
+            await self.commands.apply(
+                name, to_state(done, action.reason), ROLLOUT_ACTOR, "done", state
+            )
 
     async def _move(self, name: str, state: ModelState, action: Action, now: float) -> None:
         assert action.percent is not None
@@ -109,10 +127,27 @@ class Controller:
             "rollout",
             now,
         )
-        # `expected=state`: if another replica or an admin moved first, do nothing.
-        result = await self.commands.apply(
-            name, to_state(new, action.reason), ROLLOUT_ACTOR, action.kind, state
-        )
+        try:
+            # `expected=state`: if another replica or an admin moved first, do nothing.
+            result = await self.commands.apply(
+                name, to_state(new, action.reason), ROLLOUT_ACTOR, action.kind, state
+            )
+        except StateError:
+            if action.kind != "rollback":
+                raise
+            # The store is out, and a failing gate must not wait for it: roll back here
+            # now and store it later, by the same rule as an admin rollback.
+            deferred = Deferred(
+                "rollback",
+                ROLLOUT_ACTOR,
+                action.reason,
+                now,
+                state,
+                action.percent,
+                source="rollout",
+            )
+            result = self.commands.defer(name, deferred)
+            new = result
         if result is new:
             log = LOGGER.warning if action.kind == "rollback" else LOGGER.info
             log(

@@ -1,4 +1,5 @@
-"""Where run-time cutover state lives: a SQLite file (default) or Redis, behind one Protocol.
+"""Where run-time cutover state lives: the Protocol every store keeps, and the SQLite file
+(the default; Redis is `redisstore`).
 
 I/O only, no policy: a store keeps one JSON document per model with a revision number,
 a generation counter that moves on every change (what replicas poll, cheaply) and an
@@ -8,27 +9,35 @@ one wins, the other re-reads and decides again.
 
     state: /var/lib/serving-proxy/state.sqlite3   # one host, any number of workers
     state: redis://127.0.0.1:6379/0               # several replicas
+
+A SQLite file and its -wal/-shm/-journal companions are readable by their owner only
+(0600): the audit log names who changed what. Every failure to reach or use a store is a
+`StateError`, whatever the driver raised, so callers have one thing to catch.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
-from urllib.parse import urlsplit
+from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 
 from proxy import jsoncodec
 
 T = TypeVar("T")
-DEFAULT_REDIS_PREFIX = "serving-proxy"
-# The audit log keeps this many entries in Redis (SQLite keeps all: a file is cheap).
-REDIS_AUDIT_KEPT = 10_000
 MEMORY = ":memory:"
+DEPLOYMENT_SECRET_BYTES = 32
+# Owner read and write only: the state and its audit log are nobody else's business.
+STATE_FILE_MODE = 0o600
+SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+LOGGER = logging.getLogger("serving_proxy.cutover")
 
 
 class StateError(Exception):
@@ -97,10 +106,15 @@ class StateStore(Protocol):
         """The newest entries first, for one model or all."""
         ...
 
+    async def deployment_secret(self) -> bytes:
+        """The deployment's secret (client labels' hash key): made on the first call,
+        atomically, so every process and replica that asks gets the same one."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
-def _dump(obj: Any) -> str:
+def encode_document(obj: Any) -> str:
     return jsoncodec.dumps(obj).decode("utf-8")
 
 
@@ -115,6 +129,38 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_model ON audit (model, id);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);
 """
+
+
+def _create_private(path: str) -> None:
+    """Create the database file 0600 before SQLite does: `os.open`'s mode is applied at
+    creation, so there is no moment when the file is readable by others, whatever the
+    umask (the fchmod puts back owner bits a strict umask took away)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, STATE_FILE_MODE)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, STATE_FILE_MODE)
+    finally:
+        os.close(fd)
+
+
+def _tighten(path: str) -> None:
+    """Take group and other access away from an existing state file, saying so: a file
+    made by an older version (0644) or by hand keeps working, but not readable by all."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, mode & 0o700)
+    except PermissionError:
+        # Another user's file that this process may still use: say so, and go on.
+        LOGGER.warning("state file %s is mode %04o and not ours to tighten", path, mode)
+        return
+    LOGGER.warning("state file %s was mode %04o; now %04o", path, mode, mode & 0o700)
 
 
 class SqliteStore:
@@ -134,6 +180,7 @@ class SqliteStore:
         try:
             if self.path != MEMORY:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                _create_private(self.path)
             conn = sqlite3.connect(
                 self.path, timeout=5.0, isolation_level=None, check_same_thread=False
             )
@@ -141,6 +188,11 @@ class SqliteStore:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            if self.path != MEMORY:
+                # SQLite made the -wal and -shm files by now; it copies the database's
+                # mode, but a file left by an older version may still be looser.
+                for suffix in SQLITE_COMPANIONS:
+                    _tighten(self.path + suffix)
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"state: cannot open SQLite file {self.path}: {exc}") from None
         self._conn = conn
@@ -193,12 +245,12 @@ class SqliteStore:
                     "INSERT INTO models (name, revision, data) VALUES (?, ?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET revision = excluded.revision, "
                     "data = excluded.data",
-                    (model, (expected or 0) + 1, _dump(data)),
+                    (model, (expected or 0) + 1, encode_document(data)),
                 )
                 conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
                 conn.execute(
                     "INSERT INTO audit (model, entry) VALUES (?, ?)",
-                    (model, _dump(audit.to_json())),
+                    (model, encode_document(audit.to_json())),
                 )
                 conn.execute("COMMIT")
                 return True
@@ -224,6 +276,28 @@ class SqliteStore:
 
         return await self._run(read)
 
+    async def deployment_secret(self) -> bytes:
+        def get_or_create(conn: sqlite3.Connection) -> bytes:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS secrets "
+                    "(name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO secrets (name, value) VALUES ('deployment', ?)",
+                    (os.urandom(DEPLOYMENT_SECRET_BYTES).hex(),),
+                )
+                row = conn.execute("SELECT value FROM secrets WHERE name = 'deployment'").fetchone()
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return bytes.fromhex(row[0])
+
+        return await self._run(get_or_create)
+
     async def aclose(self) -> None:
         def close() -> None:
             with self._lock:
@@ -232,102 +306,3 @@ class SqliteStore:
                     self._conn = None
 
         await anyio.to_thread.run_sync(close)
-
-
-# --- Redis -----------------------------------------------------------------------------------
-
-# KEYS: model hash, generation counter, audit list. ARGV: expected revision ('' = absent),
-# new revision, data, audit entry, audit length kept. One script, so the check and the
-# write are atomic on the server: no WATCH round trips, no lost update between replicas.
-_CAS_SCRIPT = """
-local current = redis.call('HGET', KEYS[1], 'revision')
-if (current or '') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'revision', ARGV[2], 'data', ARGV[3])
-redis.call('INCR', KEYS[2])
-redis.call('LPUSH', KEYS[3], ARGV[4])
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
-return 1
-"""
-
-
-class RedisStore:
-    """One Redis database shared by every replica."""
-
-    def __init__(self, url: str, prefix: str = DEFAULT_REDIS_PREFIX) -> None:
-        import redis.asyncio
-
-        parts = urlsplit(url)
-        self.description = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
-        self._client = redis.asyncio.Redis.from_url(
-            url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=5.0
-        )
-        self._prefix = prefix
-        self._cas = self._client.register_script(_CAS_SCRIPT)
-
-    def _key(self, *parts: str) -> str:
-        return ":".join((self._prefix, *parts))
-
-    async def open(self) -> None:
-        import redis.exceptions
-
-        try:
-            await self._client.ping()
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise StateError(f"state: cannot reach {self.description}: {exc}") from None
-
-    async def generation(self) -> int:
-        value = await self._client.get(self._key("generation"))
-        return int(value or 0)
-
-    async def load(self) -> dict[str, Stored]:
-        names = cast(set[str], await self._client.smembers(self._key("models")))
-        out: dict[str, Stored] = {}
-        for name in sorted(names):
-            fields = cast(dict[str, str], await self._client.hgetall(self._key("model", name)))
-            if fields:
-                out[name] = Stored(int(fields["revision"]), jsoncodec.loads(fields["data"]))
-        return out
-
-    async def write(
-        self, model: str, expected: int | None, data: dict[str, Any], audit: AuditEntry
-    ) -> bool:
-        await self._client.sadd(self._key("models"), model)
-        done = await self._cas(
-            keys=[self._key("model", model), self._key("generation"), self._key("audit")],
-            args=[
-                "" if expected is None else str(expected),
-                str((expected or 0) + 1),
-                _dump(data),
-                _dump(audit.to_json()),
-                REDIS_AUDIT_KEPT,
-            ],
-        )
-        return bool(done)
-
-    async def audit(self, model: str | None = None, limit: int = 100) -> list[AuditEntry]:
-        span = limit if model is None else REDIS_AUDIT_KEPT
-        rows = cast(list[str], await self._client.lrange(self._key("audit"), 0, span - 1))
-        entries = [AuditEntry.from_json(jsoncodec.loads(row)) for row in rows]
-        if model is not None:
-            entries = [e for e in entries if e.model == model]
-        return entries[:limit]
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-
-def open_store(url: str | None) -> StateStore:
-    """The store a `state:` value names: None or `:memory:` (process-local, for tests and
-    embedding), a `redis://` / `rediss://` URL, or a SQLite file path.
-
-    Raises:
-        StateError: a URL scheme this proxy cannot use.
-    """
-    if url is None or url == MEMORY:
-        return SqliteStore(MEMORY)
-    if "://" in url:
-        scheme = urlsplit(url).scheme
-        if scheme in ("redis", "rediss", "unix"):
-            return RedisStore(url)
-        raise StateError(f"state: {scheme}:// is not a store (use a file path or redis://)")
-    return SqliteStore(url)

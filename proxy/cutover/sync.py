@@ -2,14 +2,21 @@
 
 Every process polls the store's generation counter every `poll_s`, so a change made
 through one replica is in force on all of them well within a second; the same loop then
-runs the rollout controller's tick on what this process has seen. Reads only: every write
-goes through `commands`.
+hands over to the cutover (deferred changes written, the rollout controller's tick), also
+while the store is out, so that a failing gate still rolls this process back. Reads only:
+every write goes through `commands`.
+
+The counter alone is not trusted after an outage: a Redis that restarted empty, or from an
+older snapshot, may show a counter this process has seen before over other states. So the
+first poll after an outage, and one every `FULL_RELOAD_S` whatever the counter says,
+reads every model, and a state is adopted when its revision *or* its content differs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from proxy.cutover.store import StateError, StateStore, Stored
@@ -17,6 +24,11 @@ from proxy.cutover.table import ChangeHook, LiveTable, ModelState
 
 LOGGER = logging.getLogger("serving_proxy.cutover")
 DEFAULT_POLL_S = 0.25
+# A full read of every model at least this often, whatever the generation counter says.
+FULL_RELOAD_S = 5.0
+
+# Run after each poll; told whether the store answered it.
+AfterPoll = Callable[[bool], Awaitable[None]]
 
 
 class StoreSync:
@@ -35,56 +47,82 @@ class StoreSync:
         store: StateStore,
         changed: ChangeHook,
         poll_s: float = DEFAULT_POLL_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.table = table
         self.store = store
         self.poll_s = poll_s
         self._changed = changed
+        self._monotonic = monotonic
         self._generation = -1
-        self._store_ok = True
+        self._loaded_at = monotonic()
+        self._after_ok = True
+        self.reachable = True
 
     async def refresh(self, *, force: bool = False) -> bool:
-        """Reload the state if the store's generation moved. True if anything changed."""
+        """Reload the state if the store's generation moved. True if anything changed.
+
+        Raises:
+            StateError: the store did not answer.
+        """
         generation = await self.store.generation()
         if generation == self._generation and not force:
             return False
         stored = await self.store.load()
         self._generation = generation
+        self._loaded_at = self._monotonic()
         changed = False
         for name in self.table.config.models:
             item = stored.get(name)
             if item is not None:
                 changed |= self._adopt(name, item)
+            elif self.table.revision(name) is not None:
+                # The store lost it (a Redis restarted empty): keep serving what we know,
+                # and write the next change as a new entry rather than fail to match.
+                self.table.put(name, None, self.table.stored(name))
         if changed:
             self.table.publish()
         return changed
 
     def _adopt(self, name: str, item: Stored) -> bool:
-        if self.table.revision(name) == item.revision:
-            return False
-        old = self.table.state(name)
         new = ModelState.from_json(item.data)
+        if (self.table.revision(name), self.table.stored(name)) == (item.revision, new):
+            return False
+        before = self.table.state(name)
         self.table.put(name, item.revision, new)
-        if new != old:
-            self._changed(name, old, new, "sync")
+        after = self.table.state(name)
+        if after != before:
+            self._changed(name, before, after, "sync")
         return True
 
-    async def follow(self, tick: Callable[[], Awaitable[None]]) -> None:
-        """Poll the store and run `tick` after each poll, until cancelled."""
+    async def poll(self) -> bool:
+        """One poll: re-read what changed (everything, after an outage or `FULL_RELOAD_S`).
+        False when the store did not answer; the loss and the return are logged once."""
+        stale = self._monotonic() - self._loaded_at >= FULL_RELOAD_S
+        try:
+            await self.refresh(force=not self.reachable or stale)
+        except (StateError, OSError, ConnectionError) as exc:
+            # Keep serving the last known table; say so once, not four times a second.
+            if self.reachable:
+                LOGGER.warning("state store %s: %s", self.store.description, exc)
+                self.reachable = False
+            return False
+        if not self.reachable:
+            LOGGER.warning("state store %s reachable again", self.store.description)
+            self.reachable = True
+        return True
+
+    async def follow(self, after: AfterPoll) -> None:
+        """Poll the store and run `after` after each poll, until cancelled."""
         while True:
             await asyncio.sleep(self.poll_s)
+            reachable = await self.poll()
             try:
-                await self.refresh()
-                await tick()
-                if not self._store_ok:
-                    LOGGER.warning("state store %s reachable again", self.store.description)
-                    self._store_ok = True
-            except (StateError, OSError, ConnectionError) as exc:
-                # Keep serving the last known table; say so once, not four times a second.
-                if self._store_ok:
-                    LOGGER.warning("state store %s: %s", self.store.description, exc)
-                    self._store_ok = False
+                await after(reachable)
+                self._after_ok = True
+            except StateError:
+                pass  # the store went away after the poll; the next poll says so
             except Exception:
-                if self._store_ok:
+                if self._after_ok:
                     LOGGER.exception("cutover loop failed; keeping the last known table")
-                    self._store_ok = False
+                    self._after_ok = False

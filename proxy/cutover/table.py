@@ -1,71 +1,33 @@
 """The live routing table of one process and the hot-path decision. No I/O.
 
 Holds every model's run-time state (`ModelState`) with the store revision it came from,
-and the snapshot the hot path reads: an immutable mapping that is replaced whole, never
+any rollback or pause applied here that the store does not have yet (`deferred`), and
+the snapshot the hot path reads: an immutable mapping that is replaced whole, never
 edited, so a request sees either the old weights or the new ones, never half of a change.
-Only `commands` (after a compare-and-set write) and `sync` (after reading the store)
-put states here; neither the store nor the clock is touched from this module.
+Only `commands` (after a compare-and-set write, or a deferred change) and `sync` (after
+reading the store) put states here; neither the store nor the clock is touched from this
+module.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from types import MappingProxyType
-from typing import Any, Literal
 
 from proxy.config import ProxyConfig
+from proxy.cutover.deferred import Deferred, overlay
 from proxy.cutover.rollout import RolloutState, RolloutStatus
+from proxy.cutover.state import ModelState, Source
 from proxy.models import ModelRef
 from proxy.routing import ClientKey, Decision, RoutingTable, Weights, decide, override_of
 
-Source = Literal["config", "admin", "rollout"]
+# ModelState and Source moved to `state`; they are still imported from here.
+__all__ = ["ChangeHook", "LiveTable", "ModelState", "Source", "UnknownModelError"]
 
 
 class UnknownModelError(KeyError):
     """The config serves no such model."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelState:
-    """One model's run-time state, as stored."""
-
-    serverless_percent: float
-    shadow_percent: float
-    rollout: RolloutState | None
-    source: Source
-    changed_at: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "serverless_percent": self.serverless_percent,
-            "shadow_percent": self.shadow_percent,
-            "rollout": None
-            if self.rollout is None
-            else {
-                "status": str(self.rollout.status),
-                "since": self.rollout.since,
-                "reason": self.rollout.reason,
-            },
-            "source": self.source,
-            "changed_at": self.changed_at,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ModelState:
-        ro = data.get("rollout")
-        return cls(
-            serverless_percent=float(data["serverless_percent"]),
-            shadow_percent=float(data.get("shadow_percent", 0.0)),
-            rollout=None
-            if not ro
-            else RolloutState(
-                RolloutStatus(ro["status"]), float(ro["since"]), ro.get("reason", "")
-            ),
-            source=data.get("source", "admin"),
-            changed_at=float(data.get("changed_at", 0.0)),
-        )
 
 
 # Told (model, old state, new state, action) after every change applied or seen in the store.
@@ -89,6 +51,7 @@ class LiveTable:
         self._states: dict[str, tuple[int | None, ModelState]] = {
             name: (None, self.seed_state(name, now)) for name in config.models
         }
+        self._deferred: dict[str, tuple[Deferred, ...]] = {}
         self.snapshot: RoutingTable = self._build()
 
     def decide(
@@ -105,17 +68,50 @@ class LiveTable:
         return list(self._states)
 
     def state(self, name: str) -> ModelState:
-        """Raises `UnknownModelError`."""
+        """The state this process serves: the stored one with any deferred change on top.
+
+        Raises `UnknownModelError`.
+        """
         if name not in self._states:
             raise UnknownModelError(name)
+        stored = self._states[name][1]
+        pending = self._deferred.get(name)
+        if not pending:
+            return stored
+        return overlay(stored, pending, self.config.models[name].rollout)
+
+    def stored(self, name: str) -> ModelState:
+        """The state last read from or written to the store (what a change is computed on)."""
         return self._states[name][1]
+
+    def deferred(self, name: str) -> tuple[Deferred, ...]:
+        """The rollbacks and pauses applied here that the store does not have yet, oldest
+        first."""
+        return self._deferred.get(name, ())
+
+    def defer(self, name: str, change: Deferred) -> None:
+        """Serve `change` on top of the stored state until it is stored (`settle`)."""
+        self._deferred[name] = (*self.deferred(name), change)
+
+    def settle(self, name: str, change: Deferred) -> None:
+        """`change` is in the store now, or has nothing left to do there."""
+        left = tuple(d for d in self.deferred(name) if d is not change)
+        if left:
+            self._deferred[name] = left
+        else:
+            self._deferred.pop(name, None)
+
+    def unsettled(self) -> list[str]:
+        """The models with deferred changes."""
+        return list(self._deferred)
 
     def revision(self, name: str) -> int | None:
         """The store revision the model's state came from; None: not stored yet."""
         return self._states[name][0]
 
     def put(self, name: str, revision: int | None, state: ModelState) -> None:
-        """Record a model's state; the hot path sees it after the next `publish`."""
+        """Record a model's stored state; the hot path sees it (with any deferred change on
+        top) after the next `publish`."""
         self._states[name] = (revision, state)
 
     def publish(self) -> None:
@@ -136,9 +132,10 @@ class LiveTable:
         return str(rollout.status) if rollout else str(RolloutStatus.RUNNING)
 
     def _build(self) -> RoutingTable:
+        states = {name: self.state(name) for name in self._states}
         return MappingProxyType(
             {
                 name: Weights(state.serverless_percent, state.shadow_percent, self.has_legacy)
-                for name, (_, state) in self._states.items()
+                for name, state in states.items()
             }
         )

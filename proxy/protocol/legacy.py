@@ -7,10 +7,7 @@ that 1.30.1 refused for a reason visible in the request is refused here with 1.3
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
-import re
 from collections.abc import Iterator
 from enum import Enum
 from typing import Any, Final
@@ -20,7 +17,6 @@ from proxy.errors import (
     E1_MALFORMED_JSON,
     E2_NOT_LIST_OR_DICT,
     E3_PANDAS,
-    E4_CSV,
     E5_NUMPY,
     E6A_SIGNATURE_NAME,
     E6B_KEYS,
@@ -31,6 +27,8 @@ from proxy.errors import (
     UnsupportedMediaType,
 )
 from proxy.models import ContentType, LegacyFormat, LegacyRequest
+from proxy.protocol.csvframe import csv_rows
+from proxy.protocol.limits import WorkLimits, check_columns, check_json_depth, check_rows
 
 CONTENT_TYPE_CSV: Final = "text/csv"
 CONTENT_TYPE_JSON: Final = "application/json"
@@ -45,6 +43,9 @@ NUMPY_SPLIT_KEYS: Final = ("index", "columns", "data")
 # The new protocol's envelope keys (§3.2), recognised only under `accept_v2_bodies` (§4.1).
 V2_FORMAT_KEYS: Final = frozenset({"dataframe_split", "dataframe_records", "instances", "inputs"})
 V2_PARAMS_KEY: Final = "params"
+
+# The config's defaults, for a caller that passes no limits of its own.
+DEFAULT_LIMITS: Final = WorkLimits()
 
 
 class _Reader(Enum):
@@ -91,52 +92,63 @@ def _parse_content_type(value: str) -> ContentType:
 
 
 def parse_request(
-    content_type: str | None, body: bytes, *, accept_v2_bodies: bool = False
+    content_type: str | None,
+    body: bytes,
+    *,
+    accept_v2_bodies: bool = False,
+    limits: WorkLimits = DEFAULT_LIMITS,
 ) -> LegacyRequest:
     """Validate a legacy request with the rules of 1.30.1 (§2.1–§2.5, §4.1).
 
     The order is 1.30.1's: Content-Type, charset (E9) before format, media type and format
     (E10), UTF-8 decoding of the body (E11), then the chosen parser. JSON is parsed once,
-    NaN-tolerant; CSV is not parsed at all (§4.1: nothing to check before forwarding).
+    NaN-tolerant; of CSV only the header and, near the cell limit, the rows are read
+    (§4.1: nothing else to check before forwarding). Then `limits`: the proxy's own, after
+    1.30.1's rules and before any translation work.
 
     Args:
         content_type: the header as received, or None when the request had none.
         body: the body as received.
         accept_v2_bodies: forward a well-formed new-protocol envelope sent under plain
             `application/json` instead of refusing it as 1.30.1 did (§4.1, §8.8).
+        limits: the frame's columns and cells, and the JSON's depth (`limits.py`).
 
     Raises:
         MissingContentType: no Content-Type, or a body that is not UTF-8 (E11).
         UnsupportedMediaType: a charset other than UTF-8 (E9), or a media type / format
             1.30.1 did not serve (E10).
         BadRequest: E1–E6 with 1.30.1's text.
+        LimitExceeded: over one of `limits`.
     """
     ctype = parse_content_type(content_type)
     if ctype.charset != "utf-8":
         raise UnsupportedMediaType.charset()
     reader = _reader(ctype)
     if reader is _Reader.CSV:
-        _require_utf8(body)
+        _check_csv(_require_utf8(body), limits)
         return LegacyRequest(LegacyFormat.CSV, None, body, ctype)
     if reader is _Reader.JSON:
-        payload = _load(body, E1_MALFORMED_JSON, deep_crashes=True)
-        return LegacyRequest(_infer(payload, accept_v2_bodies), payload, body, ctype)
-    if reader is _Reader.SPLIT:
-        payload = _load(body, _e3("split"))
+        payload = _load(body, E1_MALFORMED_JSON, limits)
+        fmt = _infer(payload, accept_v2_bodies)
+    elif reader is _Reader.SPLIT:
+        payload = _load(body, _e3("split"), limits)
         if not isinstance(payload, dict) or not payload.keys() <= SPLIT_KEYS:
             raise BadRequest(_e3("split"))
-        return LegacyRequest(LegacyFormat.PANDAS_SPLIT, payload, body, ctype)
-    if reader is _Reader.RECORDS:
-        payload = _load(body, _e3("records"))
+        fmt = LegacyFormat.PANDAS_SPLIT
+    elif reader is _Reader.RECORDS:
+        payload = _load(body, _e3("records"), limits)
         if isinstance(payload, dict):
-            columns_to_rows(payload)
+            column_length(payload)
         elif not isinstance(payload, list):
             raise BadRequest(_e3("records"))
-        return LegacyRequest(LegacyFormat.PANDAS_RECORDS, payload, body, ctype)
-    payload = _load(body, E5_NUMPY)
-    if not isinstance(payload, dict) or not all(key in payload for key in NUMPY_SPLIT_KEYS):
-        raise BadRequest(E5_NUMPY)
-    return LegacyRequest(LegacyFormat.NUMPY_SPLIT, payload, body, ctype)
+        fmt = LegacyFormat.PANDAS_RECORDS
+    else:
+        payload = _load(body, E5_NUMPY, limits)
+        if not isinstance(payload, dict) or not all(key in payload for key in NUMPY_SPLIT_KEYS):
+            raise BadRequest(E5_NUMPY)
+        fmt = LegacyFormat.NUMPY_SPLIT
+    _check_frame(fmt, payload, limits)
+    return LegacyRequest(fmt, payload, body, ctype)
 
 
 def _reader(ctype: ContentType) -> _Reader:
@@ -164,31 +176,72 @@ def _e3(orient: str) -> str:
     return _E3[orient]
 
 
-def _require_utf8(body: bytes) -> None:
+def _require_utf8(body: bytes) -> str:
     # 1.30.1 decoded the body before parsing and did not catch the error: Flask's 500 page.
     try:
-        body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError:
         raise MissingContentType("request body is not UTF-8") from None
 
 
-def _load(body: bytes, invalid: str, *, deep_crashes: bool = False) -> Any:
+def _load(body: bytes, invalid: str, limits: WorkLimits) -> Any:
     """Parse JSON once, or raise the reply 1.30.1 gave for this parser (`invalid`: E1/E3/E5).
 
-    Under plain JSON 1.30.1 caught only `JSONDecodeError`, so a body nested too deeply for
-    the stdlib parser crashed into the 500 page (`deep_crashes`); the pandas and numpy
-    readers caught every exception.
+    A body nested past `limits.max_depth` is refused whatever the parser: under plain JSON
+    1.30.1's stdlib parser crashed into the 500 page on one nested past its recursion
+    limit, and the proxy answers a 400 naming the limit instead.
     """
     try:
-        return jsoncodec.loads(body)
+        payload = jsoncodec.loads(body)
     except UnicodeDecodeError:
         raise MissingContentType("request body is not UTF-8") from None
+    except jsoncodec.JSONTooDeep:
+        raise limits.too_deep() from None
     except ValueError:
         raise BadRequest(invalid) from None
-    except RecursionError:
-        if deep_crashes:
-            raise MissingContentType("request body nested too deeply") from None
-        raise BadRequest(invalid) from None
+    check_json_depth(body, payload, limits)
+    return payload
+
+
+# §3.2: what each new-protocol key holds, read by the legacy reader of the same shape.
+_V2_FRAMES: Final = {
+    "dataframe_split": LegacyFormat.PANDAS_SPLIT,
+    "dataframe_records": LegacyFormat.PANDAS_RECORDS,
+}
+
+
+def _check_frame(fmt: LegacyFormat, payload: Any, limits: WorkLimits) -> None:
+    """`limits` on the frame a validated body describes (`limits.py`), before it is read."""
+    if fmt is LegacyFormat.V2:
+        (key,) = payload.keys() & V2_FORMAT_KEYS
+        if key not in _V2_FRAMES:
+            fmt = LegacyFormat.INSTANCES
+        else:
+            fmt, payload = _V2_FRAMES[key], payload[key]
+    if fmt in (LegacyFormat.INSTANCES, LegacyFormat.INPUTS):
+        # Exactly one of the two keys by now (§2.5, §3.2); `params` may sit beside it.
+        payload = payload.get("instances", payload.get("inputs"))
+    if isinstance(payload, list):
+        check_rows(payload, limits)
+    elif fmt in (LegacyFormat.PANDAS_RECORDS, LegacyFormat.INPUTS) and isinstance(payload, dict):
+        check_columns(payload, limits)
+    elif isinstance(payload, dict):
+        columns, data = payload.get("columns"), payload.get("data")
+        width = len(columns) if isinstance(columns, list) else 0
+        check_rows(data if isinstance(data, list) else [], limits, width)
+
+
+def _check_csv(text: str, limits: WorkLimits) -> None:
+    """`limits` on a CSV body: the header's width, then the rows, counted only when the
+    lines could hold more cells than the limit (a short row is padded to the header's
+    width, §2.4, so every row counts as that many cells).
+    """
+    reader = csv_rows(text)
+    header = next(reader, [])
+    limits.check_frame(len(header), 0)
+    # Every row after the header starts after a line break, "\n" or a lone "\r".
+    if len(header) * (text.count("\n") + text.count("\r")) > limits.max_cells:
+        limits.check_frame(len(header), sum(1 for _ in reader))
 
 
 def _infer(payload: Any, accept_v2_bodies: bool) -> LegacyFormat:
@@ -278,12 +331,11 @@ def _check_column_lengths(columns: Iterator[Any]) -> None:
             raise BadRequest(E6D_LENGTHS)
 
 
-def columns_to_rows(columns: dict[str, Any]) -> list[list[Any]]:
-    """Rows of a records-orient object of columns, as `pd.DataFrame(dict)` builds them (§4.1).
-
-    Lists are columns and must share one length; other values (strings, numbers, null) are
-    broadcast to it; an object of scalars only has no length, so pandas refused it.
-    Columns given as objects (pandas would align them on their keys) are refused too: a
+def column_length(columns: dict[str, Any]) -> int:
+    """The length of a records-orient object of columns, as `pd.DataFrame(dict)` sees it
+    (§4.1): lists are columns and must share one length; other values (strings, numbers,
+    null) are broadcast to it; an object of scalars only has no length, so pandas refused
+    it. Columns given as objects (pandas would align them on their keys) are refused too: a
     documented deviation, rather than a guess at pandas' index union.
 
     Raises:
@@ -295,90 +347,20 @@ def columns_to_rows(columns: dict[str, Any]) -> list[list[Any]]:
     if not lengths:
         if columns:
             raise BadRequest(_e3("records"))
-        return []
+        return 0
     (length,) = lengths
-    cells = [value if isinstance(value, list) else [value] * length for value in columns.values()]
-    return [list(row) for row in zip(*cells, strict=True)]
+    return length
 
 
-# pandas 1.5.3's default NA strings for read_csv (1.30.1's environment; "None" came in 2.0).
-CSV_NA_VALUES: Final = frozenset(
-    {
-        "",
-        "#N/A",
-        "#N/A N/A",
-        "#NA",
-        "-1.#IND",
-        "-1.#QNAN",
-        "-NaN",
-        "-nan",
-        "1.#IND",
-        "1.#QNAN",
-        "<NA>",
-        "N/A",
-        "NA",
-        "NULL",
-        "NaN",
-        "n/a",
-        "nan",
-        "null",
-    }
-)
-CSV_TRUE_VALUES: Final = frozenset({"True", "TRUE", "true"})
-CSV_FALSE_VALUES: Final = frozenset({"False", "FALSE", "false"})
-_CSV_INT = re.compile(r"[ \t]*[+-]?\d+[ \t]*")
-_CSV_FLOAT = re.compile(
-    r"[ \t]*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity)[ \t]*", re.IGNORECASE
-)
-
-
-def read_csv(text: str) -> tuple[list[str], list[list[Any]]]:
-    """Columns and rows of a CSV body, read with `pd.read_csv` defaults (§2.4, §4.1 `split`).
-
-    Header row, comma, double-quote quoting, blank lines skipped, duplicate names mangled
-    (`a`, `a.1`), an empty name `Unnamed: <i>`, short rows padded with NA. Each column gets
-    one type, as pandas infers it: int, float (NA → NaN), bool, or string (NA → NaN).
+def columns_to_rows(columns: dict[str, Any]) -> list[list[Any]]:
+    """Rows of a records-orient object of columns, as `pd.DataFrame(dict)` builds them (§4.1).
 
     Raises:
-        BadRequest: E4, for an empty body or a row longer than the header.
+        BadRequest: E3 `records` (`column_length`).
     """
-    rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
-    if not rows:
-        raise BadRequest(E4_CSV)
-    header, body = rows[0], rows[1:]
-    width = len(header)
-    if any(len(row) > width for row in body):
-        raise BadRequest(E4_CSV)
-    columns = [[row[index] if index < len(row) else "" for row in body] for index in range(width)]
-    typed = [_typed_column(column) for column in columns]
-    data = [list(row) for row in zip(*typed, strict=True)] if body else []
-    return _column_names(header), data
-
-
-def _column_names(header: list[str]) -> list[str]:
-    names: list[str] = []
-    seen: dict[str, int] = {}
-    for index, name in enumerate(header):
-        name = name or f"Unnamed: {index}"
-        if name in seen:
-            seen[name] += 1
-            name = f"{name}.{seen[name]}"
-        seen.setdefault(name, 0)
-        names.append(name)
-    return names
-
-
-def _typed_column(cells: list[str]) -> list[Any]:
-    values = [cell for cell in cells if cell not in CSV_NA_VALUES]
-    has_na = len(values) < len(cells)
-    nan = float("nan")
-    if values and not has_na and all(_CSV_INT.fullmatch(cell) for cell in values):
-        return [int(cell) for cell in cells]
-    if values and all(_CSV_FLOAT.fullmatch(cell) for cell in values):
-        return [nan if cell in CSV_NA_VALUES else float(cell) for cell in cells]
-    if values and all(cell in CSV_TRUE_VALUES or cell in CSV_FALSE_VALUES for cell in values):
-        return [nan if cell in CSV_NA_VALUES else cell in CSV_TRUE_VALUES for cell in cells]
-    return [nan if cell in CSV_NA_VALUES else cell for cell in cells]
+    length = column_length(columns)
+    cells = [value if isinstance(value, list) else [value] * length for value in columns.values()]
+    return [list(row) for row in zip(*cells, strict=True)]
 
 
 def render_predictions(predictions: Any, wrapper_attr: str | None = None) -> bytes:

@@ -13,8 +13,16 @@ from typing import Any, Final
 
 from proxy import jsoncodec
 from proxy.errors import E4_CSV, UpstreamProtocolError, mlflow_error_body
-from proxy.models import CsvMode, LegacyFormat, LegacyRequest, Reply, UpstreamNan, V2Request
-from proxy.protocol import legacy, v2
+from proxy.models import (
+    Body,
+    CsvMode,
+    LegacyFormat,
+    LegacyRequest,
+    Reply,
+    UpstreamNan,
+    V2Request,
+)
+from proxy.protocol import csvframe, legacy, v2
 
 _FORWARDED_AS_IS: Final = frozenset({LegacyFormat.INSTANCES, LegacyFormat.INPUTS, LegacyFormat.V2})
 _SPLIT_FORMATS: Final = frozenset({LegacyFormat.JSON_SPLIT, LegacyFormat.PANDAS_SPLIT})
@@ -45,9 +53,8 @@ def legacy_to_v2(
     if req.format is LegacyFormat.CSV:
         if csv_mode is CsvMode.PASSTHROUGH:
             return V2Request(v2.CONTENT_TYPE_CSV, req.body)
-        columns, data = legacy.read_csv(req.body.decode("utf-8"))
-        frame = {v2.DATAFRAME_SPLIT: {"columns": columns, "data": data}}
-        return _json(v2.encode(jsoncodec.nan_to_null(frame) if nulls else frame))
+        columns, chunks = csvframe.read_csv_frame(req.body.decode("utf-8"), nulls=nulls)
+        return _json(v2.encode_split_rows(columns, chunks))
     if nulls and _has_non_finite(req):
         return _json(v2.encode(jsoncodec.nan_to_null(_new_payload(req))))
     if req.format in _FORWARDED_AS_IS:
@@ -61,7 +68,7 @@ def legacy_to_v2(
     return _json(v2.encode(_new_payload(req)))
 
 
-def _json(body: bytes) -> V2Request:
+def _json(body: Body) -> V2Request:
     return V2Request(v2.CONTENT_TYPE_JSON, body)
 
 
@@ -117,8 +124,10 @@ def _match(status: int, body: bytes, err: v2.UpstreamError | None) -> ErrorRule:
     if err is not None:
         if err.message.startswith(v2.PREDICT_PREFIX):
             return ErrorRule.PREDICT_ERROR
+        # M2 (revised): 400 only. A 5xx, even a JSON INTERNAL_ERROR, cannot be told apart
+        # from an outage; as a 400 it would blame the client's input and hide the outage.
         if (
-            status in (400, 500)
+            status == 400
             and err.error_code not in (None, "BAD_REQUEST")
             and err.stack_trace is None
             and err.bare

@@ -6,11 +6,14 @@ matched by prefix because the rest of each message embeds the input's repr.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from proxy import jsoncodec
-from proxy.errors import UpstreamProtocolError
+from proxy.config.backends import DEPTH_CEILING
+from proxy.errors import LimitExceeded, UpstreamProtocolError
+from proxy.protocol.limits import WorkLimits, check_json_depth
 
 CONTENT_TYPE_JSON: Final = "application/json"
 CONTENT_TYPE_CSV: Final = "text/csv"
@@ -47,6 +50,8 @@ TIMEOUT_TEXT: Final = "Request processing time exceeded limit"
 _SPLIT_OPEN: Final = b'{"dataframe_split": '
 _RECORDS_OPEN: Final = b'{"dataframe_records": '
 _MLFLOW_ERROR_KEYS: Final = frozenset({"error_code", "message"})
+# A reply is rendered by the stdlib encoder, one recursion frame per level (§5.3 step 1).
+_REPLY_LIMITS: Final = WorkLimits(max_depth=DEPTH_CEILING)
 
 
 def wrap_split(frame: bytes) -> bytes:
@@ -68,6 +73,14 @@ def encode(payload: Any) -> bytes:
     return jsoncodec.dumps_legacy(payload)
 
 
+def encode_split_rows(columns: list[str], chunks: Iterable[list[tuple[Any, ...]]]) -> bytearray:
+    """`encode({"dataframe_split": {"columns": columns, "data": rows}})`, byte for byte, for
+    rows that come a chunk at a time (§4.1 L-CSV `split`), so they never exist all at once.
+    """
+    head = _SPLIT_OPEN + b'{"columns": ' + encode(columns) + b', "data": '
+    return jsoncodec.dumps_legacy_list(chunks, head, b"}}")
+
+
 def read_predictions(body: bytes) -> Any:
     """The `predictions` of a 2.x / 3.x success body (§5.2, §5.3 step 1).
 
@@ -76,11 +89,13 @@ def read_predictions(body: bytes) -> Any:
     (§5.3 step 2).
 
     Raises:
-        UpstreamProtocolError: not JSON, or not an object with `predictions` (§5.3 step 4).
+        UpstreamProtocolError: not JSON, or not an object with `predictions` (§5.3 step 4),
+            or nested deeper than the proxy can render (`config.backends.DEPTH_CEILING`).
     """
     try:
         reply = jsoncodec.loads_exact(body)
-    except (ValueError, RecursionError):
+        check_json_depth(body, reply, _REPLY_LIMITS)
+    except (ValueError, LimitExceeded):
         raise UpstreamProtocolError() from None
     if not isinstance(reply, dict) or PREDICTIONS not in reply:
         raise UpstreamProtocolError()

@@ -25,7 +25,7 @@ from proxy.errors import (
 )
 from proxy.models import Backend, Reply
 from proxy.shadow.job import Outcome, ShadowJob
-from proxy.upstream.base import content_coding, decode_content
+from proxy.upstream.base import BodyTooLarge, content_coding, decode_content
 from proxy.upstream.pools import Pools
 
 LOGGER = logging.getLogger("serving_proxy.shadow")
@@ -83,7 +83,7 @@ def decoded_body(reply: Reply) -> bytes:
         return reply.body
     try:
         decoded = decode_content(coding, reply.body)
-    except zlib.error:
+    except (zlib.error, BodyTooLarge):
         return reply.body
     return reply.body if decoded is None else decoded
 

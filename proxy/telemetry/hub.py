@@ -27,6 +27,7 @@ from proxy import __version__, jsoncodec
 from proxy.compare import parity_class
 from proxy.config import ProxyConfig
 from proxy.telemetry.inventory import PASSTHROUGH, ClientInventory, is_legacy_client
+from proxy.telemetry.labels import ClientLabels
 from proxy.telemetry.metrics import (
     MULTIPROC_ENV,
     STATS_FILE_PREFIX,
@@ -70,6 +71,9 @@ class Hub:
     clock: Callable[[], float] = time.time
     # The directory the workers share (None: one process, nothing to share).
     shared_dir: Path | None = None
+    # How the records name clients (keyed hashes); the app keys it with the deployment's
+    # secret once the state store is open.
+    labels: ClientLabels = field(default_factory=lambda: ClientLabels(None))
     _pending: bool = field(default=False, init=False, repr=False)
     _closed: bool = field(default=False, init=False, repr=False)
 
@@ -119,6 +123,7 @@ class Hub:
             rollout,
             clock,
             None if shared is None or stats is None else Path(shared),
+            ClientLabels.from_config(config),
         )
 
     @property

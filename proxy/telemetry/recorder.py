@@ -38,6 +38,7 @@ from typing import Any, Literal, get_args
 
 from proxy import jsoncodec
 from proxy.config.telemetry import RecordingConfig
+from proxy.models import Body
 
 # Owner-only: the file holds model inputs, which may be personal data.
 FILE_MODE = 0o600
@@ -62,7 +63,7 @@ class Payload:
     weight: float = 1.0
 
 
-def encode_side(content_type: str | None, body: bytes) -> dict[str, Any]:
+def encode_side(content_type: str | None, body: Body) -> dict[str, Any]:
     """A payload line's `legacy`/`serverless` object for this request."""
     side: dict[str, Any] = {"content_type": content_type}
     try:
@@ -121,7 +122,7 @@ def sample_line(
     content_type: str | None,
     body: bytes,
     v2_content_type: str | None = None,
-    v2_body: bytes | None = None,
+    v2_body: Body | None = None,
     now: float | None = None,
 ) -> bytes:
     """One payload line (with its newline) for this request. Pure."""
@@ -151,7 +152,7 @@ def record_sample(
     content_type: str | None,
     body: bytes,
     v2_content_type: str | None = None,
-    v2_body: bytes | None = None,
+    v2_body: Body | None = None,
     draw: Callable[[], float] = random.random,
 ) -> bool:
     """Append this request to the recording file if recording is on and it is sampled.

@@ -3,6 +3,14 @@
 I/O. One `AiohttpUpstream` per backend origin satisfies `base.Upstream`; every aiohttp
 exception is mapped through `AIOHTTP_ERRORS` and none escapes. `import aiohttp` below is
 absolute, so it reaches the library, not this module.
+
+It keeps the default client's rules where aiohttp leaves a choice: bodies are decoded by
+`base.decoded` (the same cap, several gzip members, large inflates off the loop) and read
+no further than `max_reply_bytes`; the egress proxy is the one `egress` resolves, given
+per request, because aiohttp's own `trust_env` would also read `~/.netrc` and could put
+its credentials in place of the Authorization header the proxy sends. aiohttp sends a
+POST once; `retry_after_write` allows one more try when the server disconnected without
+an answer.
 """
 
 from __future__ import annotations
@@ -14,14 +22,17 @@ import aiohttp
 from yarl import URL
 
 from proxy.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
-from proxy.models import UpstreamReply
-from proxy.upstream.base import ErrorTable, Headers, UpstreamSettings, map_exception
+from proxy.models import Body, UpstreamReply
+from proxy.upstream.base import ErrorTable, Headers, UpstreamSettings, decoded, map_exception
+from proxy.upstream.egress import egress_proxy
 
 URL_CACHE_SIZE = 512
 
 # Every aiohttp timeout is also a ClientConnectionError and an OSError, so it stands first.
 AIOHTTP_ERRORS: ErrorTable = (
     (asyncio.TimeoutError, UpstreamTimeout),
+    # A refusal by the egress proxy (407, 403, 502): the model was never reached.
+    (aiohttp.ClientHttpProxyError, UpstreamConnectError),
     (aiohttp.ClientPayloadError, UpstreamProtocolError),
     (aiohttp.ClientResponseError, UpstreamProtocolError),
     (aiohttp.ClientConnectionError, UpstreamConnectError),
@@ -36,6 +47,19 @@ class AiohttpUpstream:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
+        proxy = egress_proxy(settings.origin) if settings.trust_env else None
+        self._proxy = None if proxy is None else URL(proxy.url)
+        auth = None if proxy is None else proxy.authorization
+        # aiohttp puts proxy_headers on the CONNECT request only; through a forward proxy
+        # (an http:// origin) the credentials travel on each request instead.
+        tunnelled = settings.origin.startswith("https:")
+        self._proxy_headers = {"Proxy-Authorization": auth} if auth and tunnelled else None
+        self._extra: tuple[tuple[str, str], ...] = (
+            (("Proxy-Authorization", auth),) if auth and not tunnelled else ()
+        )
+
+    def __repr__(self) -> str:
+        return f"AiohttpUpstream({self.settings.origin!r}, proxy={self._proxy!r})"
 
     def _open(self) -> aiohttp.ClientSession:
         # Created lazily, inside the running loop: aiohttp binds a session to its loop.
@@ -46,7 +70,8 @@ class AiohttpUpstream:
             # (GHSA-7vwr-g6pm-9hc8).
             cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=s.total_timeout_s, connect=s.connect_timeout_s),
-            auto_decompress=s.decompress,
+            # Decoded by `base.decoded` instead, under the same cap as the default client.
+            auto_decompress=False,
             # The client's headers are forwarded as filtered; aiohttp must not add its own
             # Content-Type, User-Agent or Accept-Encoding in their place.
             skip_auto_headers=("Content-Type", "User-Agent", "Accept-Encoding"),
@@ -65,22 +90,53 @@ class AiohttpUpstream:
             url = self._urls[path] = URL(self.settings.origin + path, encoded=True)
         return url
 
-    async def send(self, method: str, path: str, headers: Headers, body: bytes) -> UpstreamReply:
+    async def send(self, method: str, path: str, headers: Headers, body: Body) -> UpstreamReply:
         session = self._session or self._open()
         url = self._url(path)
         t0 = time.perf_counter()
-        try:
-            async with session.request(
-                method, url, headers=list(headers), data=body or None, allow_redirects=False
-            ) as resp:
-                payload = await resp.read()
-                reply_headers = tuple(resp.headers.items())
-        except Exception as exc:
-            mapped = map_exception(exc, AIOHTTP_ERRORS)
-            if mapped is None:
-                raise
-            raise mapped from exc
-        return UpstreamReply(resp.status, reply_headers, payload, time.perf_counter() - t0)
+        tries = 2 if self.settings.retry_after_write else 1
+        while True:
+            tries -= 1
+            try:
+                status, got, payload = await self._request(session, method, url, headers, body)
+            except aiohttp.ServerDisconnectedError as exc:
+                if tries:
+                    continue  # the backend allows one more try (module docstring)
+                raise UpstreamConnectError() from exc
+            except Exception as exc:
+                mapped = map_exception(exc, AIOHTTP_ERRORS)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+            break
+        reply_headers: list[tuple[str, str]] | tuple[tuple[str, str], ...] = got
+        if self.settings.decompress:
+            reply_headers, payload = await decoded(got, payload, self.settings.max_reply_bytes)
+        return UpstreamReply(status, tuple(reply_headers), payload, time.perf_counter() - t0)
+
+    async def _request(
+        self, session: aiohttp.ClientSession, method: str, url: URL, headers: Headers, body: Body
+    ) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
+        limit = self.settings.max_reply_bytes
+        async with session.request(
+            method,
+            url,
+            headers=[*headers, *self._extra],
+            data=body or None,
+            allow_redirects=False,
+            proxy=self._proxy,
+            proxy_headers=self._proxy_headers,
+        ) as resp:
+            if resp.content_length is not None and resp.content_length > limit:
+                raise UpstreamProtocolError("reply body larger than max_reply_bytes")
+            parts: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamProtocolError("reply body larger than max_reply_bytes")
+                parts.append(chunk)
+            return resp.status, tuple(resp.headers.items()), b"".join(parts)
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -4,27 +4,40 @@ asyncio callbacks only: this module frames each reply (httptools: llhttp, the pa
 uvicorn runs for our server side) and tells the waiting exchange when it is complete,
 failed or cut short. Writing requests, pooling, timeouts and retries are
 `http1.HttptoolsUpstream`'s.
+
+A connection is only ever reused when the server sent exactly one reply and not one byte
+more: anything after the end of the reply, in the same read or a later one, is never part
+of it and retires the connection, because a stream that carries bytes nobody asked for can
+no longer be trusted to frame the next reply (urllib3 and aiohttp refuse such connections
+too). A body cut short, by a reset or by the end of the connection before its
+Content-Length or last chunk, is an error, never a reply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 from collections.abc import Callable
 from typing import cast
 
 import httptools
 
-from proxy.errors import UpstreamProtocolError
+from proxy.errors import ProxyError, UpstreamProtocolError
 
 MAX_HEAD_BYTES = 64 * 1024
 
 
 class ConnectionClosed(Exception):
-    """The connection ended before the reply was complete."""
+    """The connection ended before the reply was complete.
 
-    def __init__(self, received: bool) -> None:
+    `received`: some of the reply had arrived. `written`: the request had been handed to
+    the connection, so the server may have read it and acted on it.
+    """
+
+    def __init__(self, *, received: bool, written: bool = True) -> None:
         super().__init__("connection closed")
         self.received = received
+        self.written = written
 
 
 class Connection(asyncio.Protocol):
@@ -34,6 +47,7 @@ class Connection(asyncio.Protocol):
     _head_only: bool
     _received: bool
     _head_bytes: int
+    _body_bytes: int
     _framed: bool
     _interim: bool
     _keep_alive: bool
@@ -42,12 +56,17 @@ class Connection(asyncio.Protocol):
     headers: list[tuple[str, str]]
     body: list[bytes]
 
-    def __init__(self, on_lost: Callable[[Connection], None]) -> None:
+    def __init__(self, on_lost: Callable[[Connection], None], max_body: int) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        # Set once the pool has given this connection's slot back (it is closed or closing).
-        self.dropped = False
+        # Bytes arrived past the end of a reply: the connection is never reused.
+        self.trailing = False
+        # Set by the pool once the connection counts against its size; cleared when the
+        # slot is given back (after the socket is closed).
+        self.counted = False
         self.idle_since = 0.0
+        self._poller: select.poll | None = None
+        self._max_body = max_body
         self._on_lost = on_lost
         self._waiter: asyncio.Future[None] | None = None
         self._parser: httptools.HttpResponseParser | None = None
@@ -59,6 +78,7 @@ class Connection(asyncio.Protocol):
         self._head_only = head_only
         self._received = False
         self._head_bytes = 0
+        self._body_bytes = 0
         self._framed = False
         self._interim = False
         self._keep_alive = False
@@ -81,7 +101,23 @@ class Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self.complete and self._keep_alive and not self.closed and not self._head_only
+        return (
+            self.complete
+            and self._keep_alive
+            and not self.closed
+            and not self.trailing
+            and not self._head_only
+        )
+
+    def stale(self) -> bool:
+        """Whether an idle connection must not carry another request: it is closed, or
+        the server has sent something (its FIN, most often) that the loop has not yet
+        delivered. The same check as urllib3's before it reuses a connection: a socket
+        readable while idle is never written to."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return True
+        return self._poller is not None and bool(self._poller.poll(0))
 
     def expire(self) -> None:
         """The exchange's deadline passed: fail it (the caller drops the connection)."""
@@ -98,26 +134,69 @@ class Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _retire(self) -> None:
+        self.trailing = True
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.fileno() >= 0:
+            self._poller = select.poll()
+            self._poller.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
         if parser is None or self.complete:
-            # Bytes nobody asked for (on an idle connection, or after a whole reply):
-            # the stream can no longer be trusted.
-            self.closed = True
-            if self.transport is not None:
-                self.transport.abort()
+            # Bytes nobody asked for (on an idle connection, or after a whole reply).
+            self._retire()
+            return
+        if not self._received and data[:1] in (b"\r", b"\n"):
+            # llhttp skips empty lines before a status line; a reply starts with its
+            # status line (h11 agrees), and anything else means a desynchronised stream.
+            self._stop(UpstreamProtocolError("bytes before the reply's status line"))
             return
         self._received = True
+        if len(data) > 1:
+            # All but the last byte first: a reply that ends within them leaves at least
+            # that byte unread (which llhttp would skip silently were it a CR or LF), and
+            # the connection is retired. One more call into llhttp per read tells the two
+            # cases apart; raising from a callback to stop llhttp would cost more.
+            view = memoryview(data)
+            stopped = self._feed(parser, view[:-1])
+            if self.complete:
+                self._retire()
+            elif not stopped:
+                self._feed(parser, view[-1:])
+        else:
+            self._feed(parser, data)
+
+    def _feed(self, parser: httptools.HttpResponseParser, data: bytes | memoryview) -> bool:
+        """Parse `data`; True when a parse error stopped it (after a complete reply, an
+        error in what follows changes nothing: the connection is retired for it)."""
         try:
             parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._stop(cause if isinstance(cause, ProxyError) else exc)
+            return True
         except httptools.HttpParserError as exc:
-            self._fail(exc)
+            self._stop(exc)
+            return True
+        except httptools.HttpParserUpgrade:
+            # Nothing here asks to switch protocols, so a reply that does is not HTTP/1.1.
+            self._stop(UpstreamProtocolError("upstream switched protocols unasked"))
+            return True
+        return False
+
+    def _stop(self, exc: BaseException) -> None:
+        self._parser = None  # whatever arrives next retires the connection
+        self._fail(exc)
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost finishes the exchange
@@ -126,17 +205,22 @@ class Connection(asyncio.Protocol):
         self.closed = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            if self.status and not self._framed and not self._interim:
-                self._finish()  # a body delimited by the end of the connection
+            if exc is None and self.status and not self._framed and not self._interim:
+                # A body delimited by the end of the connection: complete only at a clean
+                # close, never at a reset.
+                self._finish()
             else:
-                self._fail(ConnectionClosed(self._received))
+                self._fail(ConnectionClosed(received=self._received))
         self._on_lost(self)
 
     # --- httptools callbacks ------------------------------------------------------------
 
+    # Once the reply is complete, llhttp goes on with whatever follows it in the same
+    # read; those bytes retire the connection, and must not touch the reply.
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.status:
-            return  # a trailer after a chunked body: not part of the reply's head
+            return  # a trailer after a chunked body, or a later reply's: not this head
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > MAX_HEAD_BYTES:
             raise UpstreamProtocolError("reply head too large")
@@ -145,9 +229,12 @@ class Connection(asyncio.Protocol):
             lname == b"transfer-encoding" and b"chunked" in value.lower()
         ):
             self._framed = True
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # Trailing whitespace is not part of a field value (RFC 9110 §5.5); llhttp keeps it.
+        self.headers.append((name.decode("latin-1"), value.rstrip(b" \t").decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
         assert self._parser is not None
         status = self._parser.get_status_code()
         if 100 <= status < 200:
@@ -159,18 +246,23 @@ class Connection(asyncio.Protocol):
             return
         self.status = status
         if self._head_only:
-            self._finish()  # a reply to HEAD has no body, whatever its Content-Length
+            # A reply to HEAD has no body, whatever its Content-Length; llhttp cannot know
+            # the request was HEAD, so it is complete here (and the connection not reused).
+            self._finish()
 
     def on_body(self, chunk: bytes) -> None:
+        if self.complete:
+            return
+        self._body_bytes += len(chunk)
+        if self._body_bytes > self._max_body:
+            raise UpstreamProtocolError("reply body larger than max_reply_bytes")
         self.body.append(chunk)
 
     def on_message_complete(self) -> None:
+        if self.complete:
+            return
         if self._interim:
             self._interim = False
-            return
-        if self.complete:
-            # A second reply to one request: the stream can no longer be trusted.
-            self._keep_alive = False
             return
         # Read it now: llhttp resets its flags as the callback returns.
         assert self._parser is not None

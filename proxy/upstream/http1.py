@@ -14,20 +14,31 @@ carries the bytes and TLS. What is written here is the request head, the pool an
 timeouts. aiosonic and pyreqwest were measured too; neither came close.
 
 What this client does, and what it deliberately does not:
-- pools: at most `pool_size` connections per origin, reused most-recent first. A
-  connection the server closes while idle leaves the pool at once; one idle longer than
-  `IDLE_S` is closed rather than reused. A request whose reused connection turns out
-  closed before any reply byte arrives is sent once more on a fresh connection. Almost
-  always the server closed it as the request went out (Go's net/http retries that case
-  too); should the server have read it and died, scoring has no side effects to repeat;
-- replies framed by Content-Length, chunked, or the end of the connection; 1xx interim
-  replies are skipped; HEAD, 204 and 304 replies carry no body;
+- pools: at most `pool_size` connections open per origin, counted until each socket is
+  really closed, so callers beyond it wait for one (within their deadline), however many
+  connections an upstream restart breaks at once. Idle connections are reused
+  most-recent first; one the server closes while idle leaves the pool at once, one idle
+  longer than `IDLE_S` is closed, and one whose socket is readable when it is taken (the
+  server's FIN not yet delivered, as urllib3 checks) is closed instead of written to;
+- a request is never sent twice once any of its bytes were written, since the server may
+  have read it and run the model: a connection that closes without an answer is an
+  error. Only a request that never reached the connection is tried on another one.
+  `retry_after_write` lets a backend whose calls are safe to repeat have one more try,
+  on another connection, when a reused connection closes before any reply byte;
+- replies framed by Content-Length, chunked, or the end of the connection (a clean close
+  only; a reset cuts it short); 1xx interim replies are skipped; HEAD, 204 and 304
+  replies carry no body. Bytes after a reply retire the connection (`connection`);
 - with `decompress` (translated replies, which the proxy parses), gzip and deflate bodies
-  are decoded and Content-Encoding dropped with them; any other coding is a protocol
-  error, since the body could not be read. Without it, the bytes and headers stay as sent;
+  are decoded and Content-Encoding dropped with them (`base.decoded`: several gzip members
+  in turn, a large inflate off the event loop); any other coding is a protocol error,
+  since the body could not be read. Without it, the bytes and headers stay as sent;
 - adds only Host and Content-Length: no User-Agent, Accept or Accept-Encoding of its own,
-  no cookies kept, no redirects followed, no proxy settings read from the environment;
-- limits: a reply head over `connection.MAX_HEAD_BYTES` is a protocol error.
+  no cookies kept, no redirects followed;
+- with `trust_env`, the egress proxy the environment names (`egress`): an http:// origin
+  is asked for in absolute form through it, an https:// one through a CONNECT tunnel
+  (`tunnel`), with Proxy-Authorization from the proxy URL's credentials;
+- limits: a reply head over `connection.MAX_HEAD_BYTES`, or a body over
+  `max_reply_bytes` (as received, or decoded), is a protocol error.
 """
 
 from __future__ import annotations
@@ -35,21 +46,21 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-import zlib
 from collections import deque
 from urllib.parse import urlsplit
 
 import httptools
 
 from proxy.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
-from proxy.models import UpstreamReply
-from proxy.upstream.base import Headers, UpstreamSettings, content_coding, decode_content
+from proxy.models import Body, UpstreamReply
+from proxy.upstream.base import Headers, UpstreamSettings, content_coding, decoded
 from proxy.upstream.connection import Connection, ConnectionClosed
+from proxy.upstream.egress import egress_proxy
+from proxy.upstream.tunnel import open_tunnel
 
 # aiohttp's default. A server that closes sooner (uvicorn after 5 s, gunicorn after 2 s)
-# sends its FIN first and the connection leaves the pool then; the rare request that
-# races that close is sent once more (`send`). Shorter would cost a TLS handshake per
-# request to a model called every few seconds.
+# sends its FIN first and the connection leaves the pool then, or is found readable when
+# taken. Shorter would cost a TLS handshake per request to a model called every few seconds.
 IDLE_S = 15.0
 # aiohttp sends Content-Length for these even when the body is empty, as does curl.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -65,29 +76,36 @@ class HttptoolsUpstream:
         secure = parts.scheme == "https"
         self._port = parts.port or (443 if secure else 80)
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if secure else None
-        self._base = parts.path.rstrip("/").encode("latin-1")
-        self._host_line = b"host: " + parts.netloc.encode("idna") + b"\r\n"
+        self._proxy = egress_proxy(settings.origin) if settings.trust_env else None
+        base = parts.path.rstrip("/").encode("latin-1")
+        fixed = [b"host: ", parts.netloc.encode("idna"), b"\r\n"]
+        if self._proxy is not None and not secure:
+            # Through a forward proxy, the request line names the whole URL (RFC 9112
+            # §3.2.2); an https:// origin is tunnelled instead and sees origin form.
+            base = b"http://" + parts.netloc.encode("idna") + base
+            auth = self._proxy.authorization
+            if auth is not None:
+                fixed += (b"proxy-authorization: ", auth.encode("ascii"), b"\r\n")
+        self._base = base
+        self._fixed = b"".join(fixed)
+        self._fixed_lines = self._fixed.count(b"\n")
         self._idle: list[Connection] = []
-        self._open = 0
+        # Connections open or opening, and slots handed to a waiter that will open one.
+        self._slots = 0
         self._waiters: deque[asyncio.Future[Connection | None]] = deque()
         self._closed = False
 
-    async def send(self, method: str, path: str, headers: Headers, body: bytes) -> UpstreamReply:
+    def __repr__(self) -> str:
+        # The head lines hold the proxy's credentials: never part of a repr.
+        return f"HttptoolsUpstream({self.settings.origin!r}, proxy={self._proxy!r})"
+
+    async def send(self, method: str, path: str, headers: Headers, body: Body) -> UpstreamReply:
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.total_timeout_s
         head = self._head(method, path, headers, body)
         try:
-            conn, reused = await self._acquire(loop, deadline)
-            try:
-                await self._exchange(conn, loop, head, body, deadline, method == "HEAD")
-            except ConnectionClosed as exc:
-                if not reused or exc.received:
-                    raise
-                # The server closed a pooled connection as we reused it, before any reply
-                # byte: one more try on a fresh connection (module docstring).
-                conn = await self._connect(loop, deadline)
-                await self._exchange(conn, loop, head, body, deadline, method == "HEAD")
+            conn = await self._call(loop, head, body, deadline, method == "HEAD")
         except TimeoutError as exc:
             raise UpstreamTimeout() from exc
         except ConnectionClosed as exc:
@@ -96,19 +114,44 @@ class HttptoolsUpstream:
             raise UpstreamConnectError() from exc
         except httptools.HttpParserError as exc:
             raise UpstreamProtocolError() from exc
-        except OSError as exc:  # refused, reset, unreachable, TLS failures
+        except OSError as exc:  # refused, reset, unreachable, TLS failures, proxy refusals
             raise UpstreamConnectError() from exc
         status, reply_headers, payload = conn.status, conn.headers, b"".join(conn.body)
         self._release(conn)
-        if self.settings.decompress:
-            reply_headers, payload = _decoded(reply_headers, payload)
+        if self.settings.decompress and content_coding(reply_headers) is not None:
+            reply_headers, payload = await decoded(
+                reply_headers, payload, self.settings.max_reply_bytes
+            )
         return UpstreamReply(status, tuple(reply_headers), payload, time.perf_counter() - t0)
 
-    def _head(self, method: str, path: str, headers: Headers, body: bytes) -> bytes:
+    async def _call(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        head: bytes,
+        body: Body,
+        deadline: float,
+        head_only: bool,
+    ) -> Connection:
+        """One exchange on some connection of the pool, tried again only when that is safe."""
+        replay = self.settings.retry_after_write
+        while True:
+            conn, reused = await self._acquire(loop, deadline)
+            try:
+                await self._exchange(conn, loop, head, body, deadline, head_only)
+            except ConnectionClosed as exc:
+                if not exc.written and reused:
+                    continue  # nothing of this request reached the server
+                if replay and reused and not exc.received:
+                    replay = False  # the backend allows one more try (module docstring)
+                    continue
+                raise
+            return conn
+
+    def _head(self, method: str, path: str, headers: Headers, body: Body) -> bytes:
         lines = [method.encode("latin-1"), b" ", self._base, path.encode("latin-1")]
         lines.append(b" HTTP/1.1\r\n")
-        lines.append(self._host_line)
-        count = 2  # the request line and Host
+        lines.append(self._fixed)
+        count = 1 + self._fixed_lines  # the request line, Host (and Proxy-Authorization)
         for name, value in headers:
             lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
             count += 1
@@ -128,26 +171,30 @@ class HttptoolsUpstream:
         conn: Connection,
         loop: asyncio.AbstractEventLoop,
         head: bytes,
-        body: bytes,
+        body: Body,
         deadline: float,
         head_only: bool,
     ) -> None:
         waiter = conn.begin(loop, head_only)
         timer = loop.call_at(deadline, conn.expire)
         try:
-            if conn.closed or conn.transport is None:
-                # Lost between leaving the pool and now (handed over by `_park`).
-                raise ConnectionClosed(received=False)
+            transport = conn.transport
+            if conn.closed or transport is None or transport.is_closing():
+                raise ConnectionClosed(received=False, written=False)
             if len(body) < 65536:
-                conn.transport.write(head + body)  # one segment for the usual small body
+                transport.write(head + body)  # one segment for the usual small body
             else:
-                conn.transport.writelines((head, body))
+                transport.writelines((head, body))
+            if transport.is_closing():
+                # The transport tries to send at once and closes itself when that first
+                # send fails: the kernel took none of the request.
+                raise ConnectionClosed(received=False, written=False)
             await waiter
         except BaseException:
             # Timed out, cancelled or broken mid-exchange: the stream is in an unknown
             # state, so the connection is never reused.
             conn.end()
-            self._drop(conn)
+            self._retire(conn)
             raise
         finally:
             timer.cancel()
@@ -157,54 +204,91 @@ class HttptoolsUpstream:
     async def _acquire(
         self, loop: asyncio.AbstractEventLoop, deadline: float
     ) -> tuple[Connection, bool]:
-        if self._closed:
-            raise UpstreamConnectError("upstream pool closed")
-        now = loop.time()
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_S:
-                return conn, True
-            self._drop(conn)
-        if self._open < self.settings.pool_size:
-            return await self._connect(loop, deadline), False
+        """A connection for one exchange, and whether it carried one before. Nothing
+        awaits between the checks here and the caller's write."""
+        while True:
+            if self._closed:
+                raise UpstreamConnectError("upstream pool closed")
+            now = loop.time()
+            while self._idle:
+                conn = self._idle.pop()
+                if now - conn.idle_since < IDLE_S and not conn.stale():
+                    return conn, True
+                self._retire(conn)
+            if self._slots < self.settings.pool_size:
+                self._slots += 1
+                return await self._open(loop, deadline), False
+            handed = await self._wait(loop, deadline)
+            if handed is None:
+                return await self._open(loop, deadline), False  # a slot was kept for us
+            if not handed.stale():
+                return handed, True
+            self._retire(handed)  # closed while it was being handed over: try again
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop, deadline: float) -> Connection | None:
+        """Wait for an idle connection, or for a slot (None) to open one in."""
         waiter: asyncio.Future[Connection | None] = loop.create_future()
         self._waiters.append(waiter)
         timer = loop.call_at(deadline, _expire_waiter, waiter)
         try:
-            handed = await waiter
+            return await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                # Handed a connection in the same turn we were cancelled: give it back.
+                # Handed something in the same turn we were cancelled: give it back.
                 given = waiter.result()
                 if given is not None:
                     self._park(given)
                 else:
-                    self._wake()
+                    self._free_slot()
             raise
         finally:
             timer.cancel()
             if not waiter.done():
                 waiter.cancel()
-        if handed is not None:
-            return handed, True
-        return await self._connect(loop, deadline), False
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> Connection:
-        self._open += 1
+    async def _open(self, loop: asyncio.AbstractEventLoop, deadline: float) -> Connection:
+        """A new connection in a slot the caller has taken; the slot is given back when
+        its socket is closed (`_lost`), or here if it never opens."""
+        made: list[Connection] = []
+
+        def protocol() -> Connection:
+            made.append(Connection(self._lost, self.settings.max_reply_bytes))
+            return made[-1]
+
+        raw: asyncio.Transport | None = None
         try:
             timeout = min(self.settings.connect_timeout_s, max(0.0, deadline - loop.time()))
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(
-                    lambda: Connection(self._lost),
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl is not None else None,
-                )
+                if self._proxy is None:
+                    await loop.create_connection(
+                        protocol,
+                        self._host,
+                        self._port,
+                        ssl=self._ssl,
+                        server_hostname=self._host if self._ssl is not None else None,
+                    )
+                elif self._ssl is None:
+                    await loop.create_connection(protocol, self._proxy.host, self._proxy.port)
+                else:
+                    raw = await open_tunnel(loop, self._proxy, self._host, self._port)
+                    conn = protocol()
+                    tls = await loop.start_tls(raw, conn, self._ssl, server_hostname=self._host)
+                    assert tls is not None  # None only for a transport without TLS support
+                    # start_tls hands over the new transport without connection_made.
+                    conn.connection_made(tls)
         except BaseException:
-            self._open -= 1
-            self._wake()
+            for conn in made:
+                if conn.transport is not None:
+                    conn.transport.abort()
+            if raw is not None:
+                raw.abort()
+            # After the sockets' own close callbacks, which were scheduled first.
+            loop.call_soon(self._free_slot)
             raise
+        conn = made[-1]
+        conn.counted = True
+        if conn.closed:  # lost before we got here: its `_lost` did not count it
+            self._lost(conn)
         return conn
 
     def _release(self, conn: Connection) -> None:
@@ -214,7 +298,7 @@ class HttptoolsUpstream:
         if reusable and not self._closed:
             self._park(conn)
         else:
-            self._drop(conn)
+            self._retire(conn)
 
     def _park(self, conn: Connection) -> None:
         while self._waiters:
@@ -225,37 +309,37 @@ class HttptoolsUpstream:
         conn.idle_since = asyncio.get_running_loop().time()
         self._idle.append(conn)
 
-    def _drop(self, conn: Connection) -> None:
-        """Close a connection and free its slot (once, however often it is called)."""
+    def _retire(self, conn: Connection) -> None:
+        """Close a connection for good. Its slot comes back with `_lost`, once the socket
+        is closed: abort() closes it without waiting to flush (or for a TLS close_notify),
+        and unread bytes are never waited for."""
+        conn.closed = True
         transport = conn.transport
         if transport is not None and not transport.is_closing():
-            if conn.complete:
-                transport.close()
-            else:
-                transport.abort()  # mid-exchange: unread bytes must not be waited for
-        if not conn.dropped:
-            conn.dropped = True
-            self._open -= 1
-            self._wake()
+            transport.abort()
 
     def _lost(self, conn: Connection) -> None:
-        """A connection closed by the server: an idle one leaves the pool."""
+        """A connection's socket is closed: it leaves the pool and frees its slot."""
         if conn in self._idle:
             self._idle.remove(conn)
-            self._drop(conn)
+        if conn.counted:
+            conn.counted = False
+            self._free_slot()
 
-    def _wake(self) -> None:
-        """A slot is free: the first waiter opens a connection of its own."""
+    def _free_slot(self) -> None:
+        """A slot is free: the first waiter gets it to open a connection of its own."""
+        self._slots -= 1
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
+                self._slots += 1
                 waiter.set_result(None)
                 return
 
     async def aclose(self) -> None:
         self._closed = True
         for conn in list(self._idle):
-            self._drop(conn)
+            self._retire(conn)
         self._idle.clear()
         for waiter in self._waiters:
             if not waiter.done():
@@ -266,18 +350,3 @@ class HttptoolsUpstream:
 def _expire_waiter(waiter: asyncio.Future[Connection | None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
-
-
-def _decoded(headers: list[tuple[str, str]], body: bytes) -> tuple[list[tuple[str, str]], bytes]:
-    """A reply's body without its Content-Encoding, for replies the proxy will parse."""
-    coding = content_coding(headers)
-    if coding is None:
-        return headers, body
-    try:
-        decoded = decode_content(coding, body)
-    except zlib.error as exc:
-        raise UpstreamProtocolError("reply body does not match its Content-Encoding") from exc
-    if decoded is None:
-        raise UpstreamProtocolError(f"cannot decode Content-Encoding {coding!r}")
-    kept = [(k, v) for k, v in headers if k.lower() not in ("content-encoding", "content-length")]
-    return kept, decoded

@@ -49,6 +49,9 @@ def _target(
         total_timeout_s=timeout.total,
         pool_size=base.pool_size,
         decompress=backend is Backend.SERVERLESS,
+        max_reply_bytes=base.max_reply_bytes,
+        retry_after_write=base.retry_after_write,
+        trust_env=base.trust_env,
     )
     return Target(backend, settings, path)
 

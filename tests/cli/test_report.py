@@ -163,3 +163,16 @@ def test_cli_formats() -> None:
     with pytest.raises(SystemExit):
         parser.parse_args(["report", "--format", "xml"])
     assert isinstance(parser.parse_args(["report", "--format", "json"]), argparse.Namespace)
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_csv_cells_that_could_start_a_formula_are_neutralised(start: str) -> None:
+    """OWASP CSV injection: a client label can be a header value the client chose."""
+    report = snapshot()
+    evil = f'{start}HYPERLINK("http://x")'
+    report["models"]["iris"]["clients"][0]["client"] = evil
+    clients = list(csv.DictReader(io.StringIO(render_csv(report, "clients"))))
+    assert clients[0]["client"] == "'" + evil
+    assert clients[1]["client"] == "app-b"  # plain text stays as it is
+    rows = list(csv.DictReader(io.StringIO(render_csv(report))))
+    assert rows[0]["requests"] == "200"  # numbers are never prefixed

@@ -37,13 +37,17 @@ async def test_decide_is_sticky_and_honours_only_listed_overrides(make: Factory)
     cfg = config(
         {"iris": {"serverless_percent": 50}},
         client_key={"header": "X-Client-Id", "address": False},
-        route_override={"clients": ["qa-bot"]},
+        route_override={"clients": ["10.0.0.7"]},
     )
     cutover = await make(cfg)
-    c17, qa = ClientKey("header", "c-17"), ClientKey("header", "qa-bot")
+    c17 = ClientKey("header", "c-17", identity="10.0.0.9")
+    qa = ClientKey("header", "c-17", identity="10.0.0.7")
     sticky = {cutover.decide(IRIS, c17, []).primary for _ in range(50)}
     assert len(sticky) == 1
     decision = cutover.decide(IRIS, qa, [("x-serving-proxy-route", "legacy")])
     assert (decision.primary, decision.reason) == (Backend.LEGACY, "override")
     decision = cutover.decide(IRIS, c17, [("x-serving-proxy-route", "legacy")])
     assert decision.reason == "weight"
+    # A header's value is the client's own choice: naming a listed client in it is no proof.
+    spoof = ClientKey("header", "10.0.0.7")
+    assert cutover.decide(IRIS, spoof, [("x-serving-proxy-route", "legacy")]).reason != "override"

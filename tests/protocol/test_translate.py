@@ -425,9 +425,27 @@ DATABRICKS_404 = {
         ),
         pytest.param(
             500,
-            _body({"error_code": "INTERNAL_ERROR", "message": "boom"}),
-            (400, "BAD_REQUEST", "boom", None),
-            id="M2-2.0.1-500",
+            _body({"error_code": "INTERNAL_ERROR", "message": "model crashed"}),
+            (500, "INTERNAL_ERROR", "model crashed", None),
+            id="M12-2.0.1-500-not-M2",
+        ),
+        pytest.param(
+            503,
+            _body({"error_code": "INTERNAL_ERROR", "message": "model crashed"}),
+            (503, "TEMPORARILY_UNAVAILABLE", "model crashed", None),
+            id="M11-json-internal-error-not-M2",
+        ),
+        pytest.param(
+            504,
+            _body({"error_code": "INTERNAL_ERROR", "message": "model crashed"}),
+            (504, "TEMPORARILY_UNAVAILABLE", "Request processing time exceeded limit", None),
+            id="M10-json-internal-error-not-M2",
+        ),
+        pytest.param(
+            502,
+            _body({"error_code": "INVALID_STATE", "message": "model crashed"}),
+            (502, "INTERNAL_ERROR", "model crashed", None),
+            id="M12-502-json-not-M2",
         ),
         pytest.param(
             400,

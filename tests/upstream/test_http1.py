@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import shutil
 import ssl
-import subprocess
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,14 +114,23 @@ async def scripted(
 
 
 def settings(
-    origin: str, *, pool: int = 4, total: float = 5.0, decompress: bool = True
+    origin: str,
+    *,
+    pool: int = 4,
+    total: float = 5.0,
+    decompress: bool = True,
+    max_reply_bytes: int = 1 << 20,
+    retry_after_write: bool = False,
+    trust_env: bool = False,
 ) -> UpstreamSettings:
-    return UpstreamSettings(origin, 1.0, total, pool, decompress)
+    return UpstreamSettings(
+        origin, 1.0, total, pool, decompress, max_reply_bytes, retry_after_write, trust_env
+    )
 
 
 @asynccontextmanager
-async def client(origin: str, **kwargs: float | bool) -> AsyncIterator[HttptoolsUpstream]:
-    upstream = HttptoolsUpstream(settings(origin, **kwargs))  # type: ignore[arg-type]
+async def client(origin: str, **kwargs: Any) -> AsyncIterator[HttptoolsUpstream]:
+    upstream = HttptoolsUpstream(settings(origin, **kwargs))
     try:
         yield upstream
     finally:
@@ -214,7 +222,7 @@ async def test_requests_timing_out_in_the_queue_or_on_the_wire_free_their_slots(
         assert [type(o) for o in outcomes] == [UpstreamTimeout] * 3
         release.set()
         assert (await upstream.send("POST", "/invocations", [], b"{}")).status == 200
-        assert upstream._open == 1
+        assert upstream._slots == 1
 
 
 async def test_a_cancelled_request_gives_its_connection_slot_back() -> None:
@@ -234,13 +242,29 @@ async def test_a_cancelled_request_gives_its_connection_slot_back() -> None:
     assert script.connections == 2  # the half-used connection was never reused
 
 
-async def test_a_reused_connection_closed_unanswered_is_retried_once_fresh() -> None:
+async def test_a_reused_connection_closed_unanswered_is_not_sent_again() -> None:
     async def close_second_on_first_connection(request: Request) -> bytes | None:
         if request.connection == 1 and len(script.requests) == 2:
-            return None  # as a server closing an idle connection just as it is reused
+            return None  # it read the request (the model may have run), then closed
         return OK
 
     async with scripted(close_second_on_first_connection) as (url, script), client(url) as up:
+        assert (await up.send("POST", "/invocations", [], b"{}")).status == 200
+        with pytest.raises(UpstreamConnectError):
+            await up.send("POST", "/invocations", [], b"{}")
+    assert [r.connection for r in script.requests] == [1, 1]
+
+
+async def test_retry_after_write_sends_it_once_more_on_another_connection() -> None:
+    async def close_second_on_first_connection(request: Request) -> bytes | None:
+        if request.connection == 1 and len(script.requests) == 2:
+            return None
+        return OK
+
+    async with (
+        scripted(close_second_on_first_connection) as (url, script),
+        client(url, retry_after_write=True) as up,
+    ):
         assert (await up.send("POST", "/invocations", [], b"{}")).status == 200
         assert (await up.send("POST", "/invocations", [], b"{}")).status == 200
     assert [r.connection for r in script.requests] == [1, 1, 2]
@@ -267,7 +291,7 @@ async def test_a_connection_the_server_closes_while_idle_leaves_the_pool() -> No
                 break
             await asyncio.sleep(0.01)
         assert upstream._idle == []
-        assert upstream._open == 0
+        assert upstream._slots == 0
         assert (await upstream.send("POST", "/invocations", [], b"{}")).status == 200
     assert [r.connection for r in script.requests] == [1, 2]
 
@@ -391,24 +415,6 @@ async def test_a_closed_pool_refuses_new_requests() -> None:
             await upstream.send("POST", "/invocations", [], b"{}")
 
 
-@pytest.fixture
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("needs the openssl command to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 async def test_https_verifies_the_server_certificate(
     self_signed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -432,7 +438,7 @@ async def test_a_connection_idle_too_long_is_not_reused(monkeypatch: pytest.Monk
     async with scripted(always(OK)) as (url, script), client(url) as upstream:
         await upstream.send("POST", "/invocations", [], b"{}")
         await upstream.send("POST", "/invocations", [], b"{}")
-        assert upstream._open == 1
+        assert upstream._slots == 1
     assert [r.connection for r in script.requests] == [1, 2]
 
 
