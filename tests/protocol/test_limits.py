@@ -22,7 +22,7 @@ from proxy.models import CsvMode, UpstreamNan
 from proxy.protocol import v2
 from proxy.protocol.csvframe import read_csv, read_csv_frame
 from proxy.protocol.legacy import parse_request
-from proxy.protocol.limits import WorkLimits, check_rows
+from proxy.protocol.limits import WorkLimits, check_depth, check_rows
 from proxy.protocol.translate import legacy_to_v2, v2_to_legacy
 
 JSON = "application/json"
@@ -342,3 +342,26 @@ def test_a_long_list_of_predictions_renders_as_json_dumps_would(length: int) -> 
     predictions = [[i, i / 3, "x", None, math.nan] for i in range(length)]
     body = v2.encode({"predictions": predictions})
     assert v2_to_legacy(200, "application/json", body).body == json.dumps(predictions).encode()
+
+
+@pytest.mark.parametrize(
+    ("value", "deepest"),
+    [
+        pytest.param(3.5, 0, id="scalar"),
+        pytest.param("[[[", 0, id="a-string-is-no-container"),
+        pytest.param([], 1, id="empty-list"),
+        pytest.param({"a": [1, {"b": []}]}, 4, id="mixed"),
+        pytest.param([[1, 2], [3, [4]]], 3, id="ragged-rows"),
+        pytest.param([{"a": {"b": 1}}, {"c": 2}], 3, id="records"),
+    ],
+)
+@pytest.mark.parametrize("with_brackets", [False, True], ids=["walk", "bounded"])
+def test_check_depth_refuses_exactly_past_the_limit(
+    value: Any, deepest: int, with_brackets: bool
+) -> None:
+    text = json.dumps(value).encode()
+    brackets = text.count(b"[") + text.count(b"{") if with_brackets else None
+    check_depth(value, WorkLimits(max_depth=max(deepest, 1)), brackets)
+    if deepest > 1:
+        with pytest.raises(LimitExceeded):
+            check_depth(value, WorkLimits(max_depth=deepest - 1), brackets)
