@@ -8,6 +8,7 @@ and the peer's address is appended to `X-Forwarded-For` for either backend.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -76,13 +77,20 @@ class TrustedProxies:
     def trusts(self, host: str | None) -> bool:
         if self.everyone:
             return True
-        if not host:
+        # Asked on every request: no list (the default) costs nothing, and an address is
+        # parsed once, not per request (ipaddress is slow).
+        if not host or not (self.addresses or self.networks or self.names):
             return False
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return host in self.names
-        return address in self.addresses or any(address in net for net in self.networks)
+        return _trusts(self, host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _trusts(trusted: TrustedProxies, host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host in trusted.names
+    return address in trusted.addresses or any(address in net for net in trusted.networks)
 
 
 def _host_of(entry: str) -> str:
@@ -123,7 +131,13 @@ def accept_forwarding(
         headers with the forwarding ones settled, `X-Forwarded-For` as one header.
     """
     believed = trusted.trusts(peer)
-    out: list[tuple[bytes, bytes]] = []
+    if not believed:
+        # The usual case, on every request: one pass, no parsing.
+        out = [(name, value) for name, value in raw if name not in _FORWARDING_RAW]
+        if peer:
+            out.append((b"x-forwarded-for", peer.encode("latin-1")))
+        return peer, out
+    out = []
     chain: list[str] = []
     forwarded: list[str] = []
     for name, value in raw:
