@@ -45,7 +45,6 @@ from proxy.cutover import Cutover
 from proxy.cutover.table import ModelState, UnknownModelError
 from proxy.dispatch import ScoringDispatch
 from proxy.errors import MethodNotAllowed, NoRoute, ProxyError, render, render_bug
-from proxy.forwarding import ForwardingMiddleware
 from proxy.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from proxy.models import Reply
 from proxy.runtime import Runtime
@@ -241,13 +240,13 @@ def create_app(
     app = ProxyApp(
         routes=[*routes(), *dashboard.routes(), *admin.routes()],
         outer=[
-            Middleware(ForwardingMiddleware, trusted_proxies=config.server.trusted_proxies),
             Middleware(
                 RequestContextMiddleware,
                 on_complete=complete,
                 server_timing=config.reporting.server_timing,
                 client_key=config.client_key,
                 labels=reporting.labels,
+                trusted_proxies=config.server.trusted_proxies,
             ),
             Middleware(
                 BodyLimitMiddleware,

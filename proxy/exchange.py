@@ -11,6 +11,7 @@ passes: the request's record, or a scratch `Trace` for a shadow call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -261,10 +262,14 @@ def _translate(
         content_type,
         body,
         accept_v2_bodies=model.accept_v2_bodies,
-        limits=WorkLimits(limits.max_columns, limits.max_cells, limits.max_depth),
+        limits=_work_limits(limits.max_columns, limits.max_cells, limits.max_depth),
     )
     facts.legacy_format = str(legacy_request.format)
     return legacy_to_v2(legacy_request, csv_mode=model.csv_mode, upstream_nan=model.upstream_nan)
+
+
+# One per configuration, not one per request.
+_work_limits = functools.lru_cache(maxsize=8)(WorkLimits)
 
 
 def _serverless_headers(

@@ -19,6 +19,7 @@ from proxy.asgi import BODY_TIMEOUT, record_of, reply_messages
 from proxy.budget import MemoryBudget
 from proxy.config.cutover import ClientKeyConfig
 from proxy.errors import BodyTimeout, Overloaded, PayloadTooLarge, ProxyError, render
+from proxy.headers import TrustedProxies, accept_forwarding
 from proxy.routing import ClientKey, client_key
 from proxy.telemetry.labels import ClientLabels
 from proxy.telemetry.record import ExchangeRecord, server_timing
@@ -51,7 +52,15 @@ REQUEST_IDS = RequestIds()
 
 
 class RequestContextMiddleware:
-    """Stamps the request id, opens the record, and emits it exactly once at the end.
+    """Settles who the client is, stamps the request id, opens the record, and emits it
+    exactly once at the end.
+
+    Outermost, so that the record, the client key, route overrides and the exchange all
+    see the client as a trusted proxy named it (or as the peer, when none did), and the
+    forwarding headers as the backends will get them (`headers.accept_forwarding`).
+    uvicorn's own `proxy_headers` stays off (`serving-proxy serve` says so): it would
+    replace the peer before this runs. One layer rather than two: every layer is a call
+    and a frame on every request.
 
     Args:
         on_complete: called once with every finished record (metrics, stats, access log).
@@ -60,6 +69,7 @@ class RequestContextMiddleware:
             per request for routing and reports); None leaves it unset.
         labels: names the client in the record (a keyed hash; default: keyed by a secret
             of this process).
+        trusted_proxies: `server.trusted_proxies`; only their forwarding headers count.
     """
 
     def __init__(
@@ -70,8 +80,10 @@ class RequestContextMiddleware:
         server_timing: bool = False,
         client_key: ClientKeyConfig | None = None,
         labels: Callable[[ClientKey], str] | None = None,
+        trusted_proxies: tuple[str, ...] = (),
     ) -> None:
         self.app = app
+        self.trusted = TrustedProxies.parse(trusted_proxies)
         self.on_complete = on_complete
         self.server_timing = server_timing
         self.client_key = client_key
@@ -81,24 +93,29 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        client = scope.get("client")
+        peer = client[0] if client else None
+        host, headers = accept_forwarding(scope["headers"], peer, self.trusted)
+        scope["headers"] = headers
+        if host != peer:
+            scope["client"] = (host, 0)
         request_id = None
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
                 if REQUEST_ID_RE.match(candidate):
                     request_id = candidate
                 break
-        client = scope.get("client")
         record = ExchangeRecord(
             request_id=request_id or REQUEST_IDS.next(),
             method=scope["method"],
             path=scope["path"],
             started=time.perf_counter(),
-            client=client[0] if client else None,
+            client=host,
         )
         key = None
         if self.client_key is not None:
-            key = client_key(scope["headers"], record.client, self.client_key)
+            key = client_key(headers, host, self.client_key)
             if key is not None:
                 record.client_key = self.labels(key)
         # A copy: servers share one lifespan-state dict, the record is this request's own.

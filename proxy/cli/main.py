@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             CoalescingHttpToolsProtocol,
             limits=ServerLimits.of(config.limits, config.server.workers),
         ),
-        # The app settles forwarding itself (proxy.middleware.ForwardingMiddleware): it
+        # The app settles forwarding itself (proxy.middleware.RequestContextMiddleware): it
         # needs the real peer, which uvicorn's proxy_headers would replace.
         "proxy_headers": False,
         "timeout_graceful_shutdown": config.server.graceful_shutdown_s,

@@ -147,7 +147,8 @@ def parse_request(
         if not isinstance(payload, dict) or not all(key in payload for key in NUMPY_SPLIT_KEYS):
             raise BadRequest(E5_NUMPY)
         fmt = LegacyFormat.NUMPY_SPLIT
-    _check_frame(fmt, payload, limits)
+    if not limits.bounds_frame_of(len(body)):
+        _check_frame(fmt, payload, limits)
     return LegacyRequest(fmt, payload, body, ctype)
 
 
@@ -236,6 +237,10 @@ def _check_csv(text: str, limits: WorkLimits) -> None:
     lines could hold more cells than the limit (a short row is padded to the header's
     width, §2.4, so every row counts as that many cells).
     """
+    # A cell may be empty, but each takes a separator or a line break: n characters hold
+    # at most n + 1 columns and n + 1 rows.
+    if limits.bounds_frame_of(len(text) + 1):
+        return
     reader = csv_rows(text)
     header = next(reader, [])
     limits.check_frame(len(header), 0)

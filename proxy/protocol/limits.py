@@ -55,6 +55,12 @@ class WorkLimits:
                 "max_cells", f"{columns * rows} cells ({rows} rows of {columns})", self.max_cells
             )
 
+    def bounds_frame_of(self, size: int) -> bool:
+        """Whether no body of `size` bytes can describe a frame over the limits, so its
+        frame need not be measured: every value, row and column name takes a byte at
+        least, so such a body has at most `size` columns and `size` × `size` cells."""
+        return size <= self.max_columns and size * size <= self.max_cells
+
     def too_deep(self) -> LimitExceeded:
         """The refusal of a body nested deeper than `depth`."""
         return LimitExceeded("max_depth", f"more than {self.depth} levels of nesting", self.depth)

@@ -25,6 +25,7 @@ import httptools
 from proxy.errors import ProxyError, UpstreamProtocolError
 
 MAX_HEAD_BYTES = 64 * 1024
+_CRLF = (b"\r", b"\n")
 
 
 class ConnectionClosed(Exception):
@@ -51,6 +52,7 @@ class Connection(asyncio.Protocol):
     _framed: bool
     _interim: bool
     _keep_alive: bool
+    _more: bool
     complete: bool
     status: int
     headers: list[tuple[str, str]]
@@ -82,6 +84,7 @@ class Connection(asyncio.Protocol):
         self._framed = False
         self._interim = False
         self._keep_alive = False
+        self._more = False
         self.complete = False
         self.status = 0
         self.headers = []
@@ -162,19 +165,23 @@ class Connection(asyncio.Protocol):
             self._stop(UpstreamProtocolError("bytes before the reply's status line"))
             return
         self._received = True
-        if len(data) > 1:
+        if data[-1:] in _CRLF:
             # All but the last byte first: a reply that ends within them leaves at least
-            # that byte unread (which llhttp would skip silently were it a CR or LF), and
-            # the connection is retired. One more call into llhttp per read tells the two
-            # cases apart; raising from a callback to stop llhttp would cost more.
+            # that byte unread (which llhttp would skip silently were it a CR or LF, as it
+            # skips empty lines between messages), and the connection is retired.
             view = memoryview(data)
             stopped = self._feed(parser, view[:-1])
             if self.complete:
                 self._retire()
             elif not stopped:
                 self._feed(parser, view[-1:])
-        else:
-            self._feed(parser, data)
+            return
+        # Ending in any other byte, whatever follows the end of a reply in this read ends
+        # in a byte llhttp does not skip: it begins another message (`on_message_begin`)
+        # or breaks the parse. Either retires the connection; one call into llhttp.
+        stopped = self._feed(parser, data)
+        if self.complete and (stopped or self._more):
+            self._retire()
 
     def _feed(self, parser: httptools.HttpResponseParser, data: bytes | memoryview) -> bool:
         """Parse `data`; True when a parse error stopped it (after a complete reply, an
@@ -217,6 +224,10 @@ class Connection(asyncio.Protocol):
 
     # Once the reply is complete, llhttp goes on with whatever follows it in the same
     # read; those bytes retire the connection, and must not touch the reply.
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self._more = True  # another message after the reply, in the same read
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.status:

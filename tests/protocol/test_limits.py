@@ -204,6 +204,57 @@ def test_columns_and_cells_are_refused_before_translation(
     assert info.value.key == expected
 
 
+@PROPERTY
+@given(
+    reader=st.sampled_from(sorted(FRAME_CASES)),
+    columns=st.integers(0, 40),
+    rows=st.integers(0, 40),
+)
+def test_a_body_is_larger_than_any_frame_it_can_describe(
+    reader: str, columns: int, rows: int
+) -> None:
+    # `bounds_frame_of` skips measuring a small body's frame: sound only if n bytes never
+    # describe more than n columns or n × n cells (n + 1 for CSV, whose cells may be empty).
+    content_type, build, width_without_rows, _ = FRAME_CASES[reader]
+    if content_type == CSV:
+        columns = max(columns, 1)
+    body = build(columns, rows)
+    size = len(body) + (1 if content_type == CSV else 0)
+    width = columns if rows or width_without_rows else 0
+    tight = WorkLimits(max_columns=size, max_cells=size * size)
+    assert tight.bounds_frame_of(size)
+    assert width <= size
+    assert width * rows <= size * size
+    assert not WorkLimits(max_columns=size - 1).bounds_frame_of(size)
+    assert not WorkLimits(max_cells=size * size - 1).bounds_frame_of(size)
+
+
+@pytest.mark.parametrize("reader", sorted(FRAME_CASES))
+def test_every_reader_measures_a_frame_just_over_and_just_within(reader: str) -> None:
+    # Deterministic beside the property above: each reader's frame path is taken.
+    content_type, build, _, accept_v2 = FRAME_CASES[reader]
+    body = build(3, 3)
+    for limits, refused in (
+        (WorkLimits(max_columns=2), "max_columns"),
+        (WorkLimits(max_cells=8), "max_cells"),
+        (WorkLimits(max_columns=3, max_cells=9), None),
+    ):
+        assert not limits.bounds_frame_of(len(body))
+        if refused is None:
+            parse_request(content_type, body, accept_v2_bodies=accept_v2, limits=limits)
+            continue
+        with pytest.raises(LimitExceeded) as info:
+            parse_request(content_type, body, accept_v2_bodies=accept_v2, limits=limits)
+        assert info.value.key == refused
+
+
+def test_a_scalar_where_a_frame_may_stand_is_no_frame() -> None:
+    # Measured (the limits are below the body's size), and nothing to count.
+    body = b'{"instances": "a b c"}'
+    req = parse_request(JSON, body, limits=WorkLimits(max_columns=1, max_cells=1))
+    assert req.payload == {"instances": "a b c"}
+
+
 @pytest.mark.parametrize(
     ("limits", "content_type", "body", "message"),
     [

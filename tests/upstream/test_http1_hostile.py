@@ -72,6 +72,26 @@ async def test_bytes_after_a_reply_in_the_same_read_are_not_merged(tail: bytes) 
     assert [r.connection for r in script.requests] == [1, 2]
 
 
+@pytest.mark.parametrize(
+    "tail",
+    [b"\r\n", b"\r\n\r\n", b"\n", b"\r", b"x", b"\x00", b"H", b"\r\nH", b"\r\n\r\nHTTP/1.1 2"],
+)
+async def test_any_byte_after_the_reply_in_its_read_retires_the_connection(tail: bytes) -> None:
+    # Reads ending in CR or LF take the split feed, others one feed that a new message or
+    # a parse error betrays: either way the reply is whole and the connection not reused.
+    loop = asyncio.get_running_loop()
+    conn = Connection(lambda c: None, 1 << 20)
+    transport = FakeTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    waiter = conn.begin(loop, head_only=False)
+    conn.data_received(OK + tail)
+    assert waiter.done()
+    assert waiter.exception() is None
+    assert (conn.status, b"".join(conn.body)) == (200, b"[]")
+    assert transport.aborted
+    assert not conn.reusable
+
+
 async def test_parsing_stops_at_the_end_of_the_reply_however_the_bytes_arrive() -> None:
     """Every split of `200 "[]"` + `503 "EVIL"` into two reads gives exactly the first
     reply, and a connection that is never reused."""
