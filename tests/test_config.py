@@ -231,3 +231,77 @@ def test_an_unset_memory_wait_fits_inside_a_short_body_deadline() -> None:
     limits = parse_config({**base(), "limits": {"body_timeout_s": 4}}, {}).limits
     assert limits.memory_wait_s == 2
     assert parse_config(base(), {}).limits.memory_wait_s == 10
+
+
+SERVERLESS_REALITIES = """
+backends:
+  serverless: {url: "http://127.0.0.1:9001", path: "/model-endpoint/{name}/{version}/invocations"}
+  legacy:
+    url: "http://127.0.0.1:9002"
+    retry: {on: [429], max_attempts: 2}
+models:
+  iris:
+    retry: {on: [429, 503, connect], budget_s: 3, max_attempts: 5, backoff_s: {base: 0.2, max: 5}}
+    cold_start: {hold_s: 20}
+    max_in_flight: 2
+    queue: {size: 3, timeout_s: 0.5}
+    fallback: legacy
+    rollout:
+      steps: [10, 100]
+      interval: 1m
+      probe:
+        content_type: "application/json; format=pandas-split"
+        body: '{"columns": ["a"], "data": [[1]]}'
+  wine: {}
+retry_budget: {percent: 20, min_per_s: 5}
+recording: {enabled: true, path: rec.jsonl, answers: true}
+"""
+
+
+def test_the_serverless_realities_keys_load_from_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(SERVERLESS_REALITIES)
+    config = load_config(path, {})
+    iris = config.models["iris"]
+    # YAML 1.1 reads a bare `on:` as true: the key still means `on`.
+    assert config.retry_for("iris", Backend.SERVERLESS).on == (429, 503, "connect")
+    assert config.retry_for("iris", Backend.SERVERLESS).budget_s == 3
+    assert (
+        config.retry_for("wine", Backend.SERVERLESS)
+        == config.retry_for("wine", Backend.SERVERLESS).model_copy()
+    )
+    assert config.retry_for("wine", Backend.SERVERLESS).enabled  # on by default
+    assert config.retry_for("iris", Backend.LEGACY).on == (429,)
+    assert config.cold_start_for("iris", Backend.SERVERLESS).hold_s == 20
+    assert config.cold_start_for("wine", Backend.SERVERLESS).hold_s == 0
+    assert (iris.max_in_flight, iris.queue.size, iris.queue.timeout_s) == (2, 3, 0.5)
+    assert iris.fallback == "legacy"
+    assert iris.rollout is not None
+    assert iris.rollout.probe is not None
+    assert iris.rollout.probe.expect_status == 200
+    assert (config.retry_budget.percent, config.retry_budget.min_per_s) == (20, 5)
+    assert config.recording.answers
+
+
+def test_legacy_retries_are_off_unless_configured() -> None:
+    config = parse_config(base(), {})
+    assert not config.retry_for("iris", Backend.LEGACY).enabled
+    assert config.models["iris"].max_in_flight is None
+    assert config.models["iris"].fallback is None
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"models": {"iris": {"fallback": "legacy"}}}, "models.iris.fallback"),
+        ({"models": {"iris": {"retry": {"on": [500]}}}}, "models.iris.retry.on"),
+        ({"models": {"iris": {"retry": {"backoff_s": {"base": 2, "max": 1}}}}}, "base"),
+        ({"models": {"iris": {"max_in_flight": 0}}}, "models.iris.max_in_flight"),
+        ({"models": {"iris": {"cold_start": {"hold_s": -1}}}}, "models.iris.cold_start.hold_s"),
+    ],
+)
+def test_bad_serverless_realities_keys_name_the_key(change: dict[str, Any], needle: str) -> None:
+    data = {"backends": {"serverless": {"url": "http://127.0.0.1:9001"}}, **change}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, {})
+    assert needle in str(info.value)

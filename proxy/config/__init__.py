@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -25,6 +25,13 @@ from proxy.config.cutover import (
     RouteOverrideConfig,
     ShadowConfig,
     url_has_password,
+)
+from proxy.config.resilience import (
+    NO_RETRY,
+    ColdStartConfig,
+    QueueConfig,
+    RetryBudgetConfig,
+    RetryConfig,
 )
 from proxy.config.telemetry import (
     LoggingConfig,
@@ -74,6 +81,17 @@ class ModelConfig(Frozen):
     shadow_percent: Percent = 0.0
     compare: CompareConfig = CompareConfig()
     rollout: RolloutConfig | None = None
+    # The serverless side's retries and cold-start hold for this model (default: the
+    # serverless backend's).
+    retry: RetryConfig | None = None
+    cold_start: ColdStartConfig | None = None
+    # Requests of this model in flight at once (default: only `limits.max_in_flight`);
+    # beyond it they wait in `queue`.
+    max_in_flight: int | None = Field(None, ge=1)
+    queue: QueueConfig = QueueConfig()
+    # `legacy`: a legacy client's request the serverless side did not process (429, 503,
+    # a connection failure, a spent cold-start hold) goes to the legacy backend, once.
+    fallback: Literal["legacy"] | None = None
 
     @property
     def initial_percent(self) -> float:
@@ -126,6 +144,8 @@ class ProxyConfig(Frozen):
     metrics: MetricsConfig = MetricsConfig()
     # A capped sample of real legacy requests, for load tests to replay. Off.
     recording: RecordingConfig = RecordingConfig()
+    # The extra load retries may add, proxy-wide.
+    retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     # Filled from the environment by load_config, never from the file.
     secrets: dict[str, SecretStr] = Field(default_factory=dict, exclude=True)
 
@@ -163,6 +183,10 @@ class ProxyConfig(Frozen):
                 )
             if model.legacy is not None and self.backends.legacy is None:
                 raise ValueError(f"{where}.legacy: overrides a backend that is not configured")
+            if model.fallback == "legacy" and self.backends.legacy is None:
+                raise ValueError(
+                    f"{where}.fallback: falls back to legacy, but backends.legacy is not configured"
+                )
             if model.versions is not None:
                 for stage, version in model.stages.items():
                     if version not in model.versions:
@@ -182,6 +206,31 @@ class ProxyConfig(Frozen):
                 "one place (the environment variable keeps it out of the file)"
             )
         return self
+
+    def retry_for(self, model: str, backend: Backend) -> RetryConfig:
+        """The retry policy of one model's requests to one backend: the model's own for
+        its serverless side, else the backend's, else on for serverless and off for
+        legacy (pass-through stays byte-exact)."""
+        if backend is Backend.SERVERLESS:
+            own = self.models[model].retry
+            if own is not None:
+                return own
+            configured = self.backends.serverless
+            return configured.retry if configured and configured.retry else RetryConfig()
+        configured = self.backends.legacy
+        return configured.retry if configured and configured.retry else NO_RETRY
+
+    def cold_start_for(self, model: str, backend: Backend) -> ColdStartConfig:
+        """The cold-start hold of one model's requests to one backend (the model's own
+        applies to its serverless side)."""
+        if backend is Backend.SERVERLESS:
+            own = self.models[model].cold_start
+            if own is not None:
+                return own
+            configured = self.backends.serverless
+        else:
+            configured = self.backends.legacy
+        return configured.cold_start if configured else ColdStartConfig()
 
     def token_envs(self) -> set[str]:
         """Every environment variable the config names for a secret."""

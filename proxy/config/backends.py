@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from proxy.config.base import EnvName, Frozen
+from proxy.config.resilience import ColdStartConfig, RetryConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -90,6 +91,9 @@ class BackendConfig(Frozen):
     pass_set_cookie: bool = False
     # Honour HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment (egress proxies).
     trust_env: bool = True
+    # Unset: on for the serverless backend (`RetryConfig()`), off for legacy (`NO_RETRY`).
+    retry: RetryConfig | None = None
+    cold_start: ColdStartConfig = ColdStartConfig()
 
     @field_validator("url")
     @classmethod

@@ -91,8 +91,19 @@ class Gates(Frozen):
     parity: ParityGate | None = None
 
 
+class ProbeConfig(Frozen):
+    """`rollout.probe:`: a legacy request sent through the translating path to the new
+    endpoint before each step up; the step waits until it answers `expect_status`."""
+
+    content_type: str
+    body: str
+    expect_status: int = Field(200, ge=100, le=599)
+    timeout_s: float = Field(30.0, gt=0)
+
+
 class RolloutConfig(Frozen):
-    """Progressive rollout: step up each `interval` while every gate passes."""
+    """Progressive rollout: step up each `interval` while every gate passes (and the
+    `probe`, when given, answers as expected)."""
 
     steps: tuple[Percent, ...]
     interval: Duration
@@ -100,6 +111,7 @@ class RolloutConfig(Frozen):
     window: Duration | None = None
     on_failure: Literal["zero", "last_good"] = "zero"
     gates: Gates = Gates()
+    probe: ProbeConfig | None = None
 
     @field_validator("steps")
     @classmethod

@@ -58,6 +58,9 @@ class RecordingConfig(Frozen):
     path: Path | None = None
     sample_rate: float = Field(DEFAULT_SAMPLE_RATE, ge=0.0, le=1.0)
     max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
+    # Also record the legacy backend's answer (status, content type, body) beside each
+    # recorded request it answered: the pairs `serving-proxy verify` replays.
+    answers: bool = False
 
     @model_validator(mode="after")
     def _path_when_enabled(self) -> RecordingConfig:

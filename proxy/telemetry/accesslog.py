@@ -80,6 +80,12 @@ def fields(record: ExchangeRecord, now: float | None = None) -> dict[str, Any]:
         "proxy_ms": round((record.total_s - (upstream_s or 0.0)) * 1e3, 3),
         "total_ms": round(record.total_s * 1e3, 3),
         "detail": record.detail,
+        "retries": list(record.retries),
+        "retry_stop": record.retry_stop,
+        "held_ms": round(record.held_s * 1e3, 3),
+        "spill": record.spill,
+        "queued_ms": round(record.queued_s * 1e3, 3),
+        "queue": record.queue,
     }
 
 

@@ -31,6 +31,7 @@ from prometheus_client import (
     values,
 )
 
+from proxy.models import Backend
 from proxy.telemetry.accesslog import outcome
 from proxy.telemetry.inventory import ClientInventory, is_legacy_client
 from proxy.telemetry.record import ExchangeRecord
@@ -83,6 +84,8 @@ TRANSLATE_BUCKETS_S = (
     0.25,
     1.0,
 )
+# A cold start takes seconds to minutes.
+HOLD_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 
 _STATUS_CLASSES = (NONE, "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -200,6 +203,47 @@ class Metrics:
             ("model", "client"),
             registry=registry,
         )
+        # When the endpoint is slow, cold, rate-limited or gone (README).
+        self.retries = Counter(
+            "serving_proxy_upstream_retries",
+            "Upstream attempts sent again, by the reason (429, 503, 504 in a hold, connect).",
+            ("model", "backend", "reason"),
+            registry=registry,
+        )
+        self.retry_stops = Counter(
+            "serving_proxy_retry_stops",
+            "Requests whose retries stopped with attempts left, by why (budget_s, "
+            "max_attempts, retry_budget, retry_after).",
+            ("model", "reason"),
+            registry=registry,
+        )
+        self.holds = Histogram(
+            "serving_proxy_cold_start_hold_seconds",
+            "Time requests were held while a scaled-to-zero endpoint started.",
+            ("model",),
+            buckets=HOLD_BUCKETS_S,
+            registry=registry,
+        )
+        self.spills = Counter(
+            "serving_proxy_spill_backs",
+            "Legacy clients' requests sent to the legacy backend after the serverless side "
+            "did not process them, by the reason.",
+            ("model", "reason"),
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "serving_proxy_queue_wait_seconds",
+            "Time requests waited in their model's queue (max_in_flight), admitted or not.",
+            ("model", "result"),
+            buckets=REQUEST_BUCKETS_S,
+            registry=registry,
+        )
+        self.probes = Counter(
+            "serving_proxy_probe_results",
+            "Readiness probes of the new endpoint before a rollout step, by result.",
+            ("model", "result"),
+            registry=registry,
+        )
         # labels() takes a lock and validates on every call; the children never change.
         self._children: dict[tuple[str, ...], tuple[Histogram, Counter]] = {}
         self._upstream: dict[tuple[str, str], Histogram] = {}
@@ -239,6 +283,8 @@ class Metrics:
                     model, fmt
                 )
             translate.observe(record.translate_s)
+        if record.retries or record.retry_stop or record.held_s or record.spill or record.queue:
+            self._count_resilience(model, backend, record)
         if record.client_key is not None and is_legacy_client(record):
             client = self.inventory.label(model, record.client_key)
             counter = self._clients.get((model, client))
@@ -247,6 +293,25 @@ class Metrics:
                     model, client
                 )
             counter.inc()
+
+    def _count_resilience(self, model: str, backend: str, record: ExchangeRecord) -> None:
+        # Rare on a healthy endpoint: labels() per event is fine here.
+        for reason in record.retries:
+            # A spilled request's retries were the serverless side's.
+            where = str(Backend.SERVERLESS) if record.spill is not None else backend
+            self.retries.labels(model, where, reason).inc()
+        if record.retry_stop is not None:
+            self.retry_stops.labels(model, record.retry_stop).inc()
+        if record.held_s > 0:
+            self.holds.labels(model).observe(record.held_s)
+        if record.spill is not None:
+            self.spills.labels(model, record.spill).inc()
+        if record.queue is not None:
+            self.queue_wait.labels(model, record.queue).observe(record.queued_s)
+
+    def count_probe(self, model: str, result: str) -> None:
+        """One readiness probe before a rollout step: `ok` or `failed`."""
+        self.probes.labels(model, result).inc()
 
     def follow_in_flight(self, read: Callable[[], float]) -> bool:
         """Let the in-flight gauge read `read()` at scrape time instead of being told +1/-1

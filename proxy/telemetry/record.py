@@ -42,6 +42,18 @@ class ExchangeRecord:
     translate_s: float = 0.0
     total_s: float = 0.0
     detail: str | None = None
+    # When the endpoint is slow, cold, rate-limited or gone (README): the reason of each
+    # retry (`429`, `503`, `504`, `connect`), why retrying stopped with retries left
+    # (`budget_s`, `max_attempts`, `retry_budget`, `retry_after`), the time held for a
+    # cold start, why the request spilled back to legacy (a retry reason or
+    # `cold_start`), and the model queue: the wait and how it ended (`waited`, `full`,
+    # `timeout`).
+    retries: tuple[str, ...] = ()
+    retry_stop: str | None = None
+    held_s: float = 0.0
+    spill: str | None = None
+    queued_s: float = 0.0
+    queue: str | None = None
 
 
 _TIMING_DESC: dict[Backend | None, bytes] = {b: f';desc="{b}"'.encode() for b in Backend}
@@ -62,4 +74,12 @@ def server_timing(record: ExchangeRecord, now: float) -> bytes:
         value += b", upstream;dur=%.3f%s" % (upstream * 1e3, desc)
     if record.translate_s > 0:
         value += b", translate;dur=%.3f" % (record.translate_s * 1e3)
+    if record.retries:
+        value += b', retry;desc="%d"' % len(record.retries)
+    if record.held_s > 0:
+        value += b", hold;dur=%.3f" % (record.held_s * 1e3)
+    if record.queued_s > 0:
+        value += b", queue;dur=%.3f" % (record.queued_s * 1e3)
+    if record.spill is not None:
+        value += b', spill;desc="legacy after %s"' % record.spill.encode()
     return value

@@ -44,6 +44,36 @@ def test_fields_of_a_translated_request() -> None:
         "proxy_ms": 2.655,
         "total_ms": 15.0,
         "detail": None,
+        "retries": [],
+        "retry_stop": None,
+        "held_ms": 0.0,
+        "spill": None,
+        "queued_ms": 0.0,
+        "queue": None,
+    }
+
+
+def test_a_held_retried_queued_and_spilled_request_says_so() -> None:
+    line = fields(
+        record(
+            retries=("429", "connect"),
+            retry_stop="retry_budget",
+            held_s=1.5,
+            spill="429",
+            queued_s=0.25,
+            queue="waited",
+            backend=Backend.LEGACY,
+        )
+    )
+    assert {
+        k: line[k] for k in ("retries", "retry_stop", "held_ms", "spill", "queued_ms", "queue")
+    } == {
+        "retries": ["429", "connect"],
+        "retry_stop": "retry_budget",
+        "held_ms": 1500.0,
+        "spill": "429",
+        "queued_ms": 250.0,
+        "queue": "waited",
     }
 
 

@@ -198,3 +198,30 @@ def test_two_apps_never_share_collectors() -> None:
 def test_multiprocess_needs_the_env_before_import(registry: CollectorRegistry, tmp_path) -> None:
     with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
         Metrics(registry, multiprocess_dir=str(tmp_path))
+
+
+def test_retries_holds_spills_queue_and_probes_are_counted(registry: CollectorRegistry) -> None:
+    metrics = Metrics(registry)
+    metrics.count(record())  # a healthy request creates none of these series
+    assert value(registry, "serving_proxy_spill_backs_total", model="iris", reason="429") is None
+    spilled = record(backend=Backend.LEGACY)
+    spilled.retries, spilled.retry_stop, spilled.spill = ("429", "429"), "budget_s", "429"
+    metrics.count(spilled)
+    held = record()
+    held.retries, held.held_s, held.queue, held.queued_s = ("connect",), 3.0, "waited", 0.2
+    metrics.count(held)
+    rejected = record(status=503, flag="UO")
+    rejected.queue, rejected.queued_s = "timeout", 0.5
+    metrics.count(rejected)
+    metrics.count_probe("iris", "failed")
+    retries = "serving_proxy_upstream_retries_total"
+    assert value(registry, retries, model="iris", backend="serverless", reason="429") == 2
+    assert value(registry, retries, model="iris", backend="serverless", reason="connect") == 1
+    assert value(registry, "serving_proxy_retry_stops_total", model="iris", reason="budget_s") == 1
+    assert value(registry, "serving_proxy_spill_backs_total", model="iris", reason="429") == 1
+    hold = "serving_proxy_cold_start_hold_seconds"
+    assert value(registry, f"{hold}_sum", model="iris") == 3.0
+    queue = "serving_proxy_queue_wait_seconds"
+    assert value(registry, f"{queue}_count", model="iris", result="waited") == 1
+    assert value(registry, f"{queue}_sum", model="iris", result="timeout") == 0.5
+    assert value(registry, "serving_proxy_probe_results_total", model="iris", result="failed") == 1
