@@ -152,21 +152,25 @@ async def send_new_style(
     target = pools.targets[inbound.ref.name].serverless
     path = _with_query(pools.path(target, inbound.ref), inbound.query)
     headers = _serverless_headers(inbound, credentials, inbound.header("content-type"))
-    reply = await _post(pools, facts, target, path, headers, inbound.body, False)
-    return passthrough(reply, pass_set_cookie=_pass_set_cookie(pools, target))
+    return await _pass_through(pools, facts, target, path, headers, inbound.body, False)
 
 
-def passthrough(reply: UpstreamReply, *, pass_set_cookie: bool = False) -> Reply:
-    """§1.4, §1.5: the upstream's status, headers and bytes as they came (§7.3), but a
-    `Set-Cookie` the backend's `pass_set_cookie` does not allow."""
-    headers = header_rules.from_passthrough(reply.headers, pass_set_cookie=pass_set_cookie)
-    return Reply(reply.status, reply.body, None, tuple(headers))
-
-
-def _pass_set_cookie(pools: Pools, target: Target) -> bool:
-    backends = pools.config.backends
-    backend = backends.legacy if target.backend is Backend.LEGACY else backends.serverless
-    return backend is not None and backend.pass_set_cookie
+async def _pass_through(
+    pools: Pools,
+    facts: Facts,
+    target: Target,
+    path: str,
+    headers: list[tuple[str, str]],
+    body: Body,
+    shadow: bool,
+) -> Reply:
+    """§1.4, §1.5: POST, and the upstream's status, headers and bytes as they came (§7.3),
+    but a `Set-Cookie` the target's backend does not pass."""
+    reply = await _post(pools, facts, target, path, headers, body, shadow)
+    headers_out = header_rules.from_passthrough(
+        reply.headers, pass_set_cookie=target.pass_set_cookie
+    )
+    return Reply(reply.status, reply.body, None, tuple(headers_out))
 
 
 async def _legacy(
@@ -186,8 +190,7 @@ async def _legacy(
         request_id=inbound.request_id,
         token=None if source is None else source.token(),
     )
-    reply = await _post(pools, facts, target, path, headers, inbound.body, shadow)
-    return passthrough(reply, pass_set_cookie=_pass_set_cookie(pools, target))
+    return await _pass_through(pools, facts, target, path, headers, inbound.body, shadow)
 
 
 async def _serverless(
@@ -206,8 +209,7 @@ async def _serverless(
     if model.legacy_protocol is LegacyProtocol.MLFLOW2:
         # §8.1: the model already spoke MLflow 2 on legacy serving; map the URL only.
         headers = _serverless_headers(inbound, credentials, content_type)
-        reply = await _post(pools, facts, target, path, headers, inbound.body, shadow)
-        return passthrough(reply, pass_set_cookie=_pass_set_cookie(pools, target))
+        return await _pass_through(pools, facts, target, path, headers, inbound.body, shadow)
 
     limits = pools.config.limits
     t0 = time.perf_counter()

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from sim.app import create_simulator_app
+from tests.redis_server import MISSING, RedisServer, available
 from tests.servers import LiveServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -42,3 +43,13 @@ def reset_simulators(serverless: LiveServer, legacy: LiveServer) -> None:
     for server in (serverless, legacy):
         httpx.post(server.url + "/_sim/reset").raise_for_status()
         httpx.put(server.url + "/_sim/faults", json={}).raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A real redis-server on loopback for the module's tests (skipped where none is
+    installed: scripts/test installs one)."""
+    if not available():
+        pytest.skip(MISSING)
+    with RedisServer() as server:
+        yield server.url

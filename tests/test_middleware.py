@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -101,16 +102,18 @@ async def test_declared_length_over_limit_is_refused_before_reading() -> None:
     assert ok.json()["length"] == 10
 
 
+async def sixteen_bytes_in_chunks() -> AsyncIterator[bytes]:
+    """A body with no Content-Length: httpx streams it chunked."""
+    for _ in range(4):
+        yield b"xxxx"
+
+
 async def test_streamed_body_over_limit_raises_inside_the_app() -> None:
     app = BodyLimitMiddleware(echo_length, max_body_bytes=10)
 
-    async def chunks():  # no Content-Length: httpx streams it chunked
-        for _ in range(4):
-            yield b"xxxx"
-
     async with client(app) as c:
         with pytest.raises(PayloadTooLarge):
-            await c.post("/", content=chunks())
+            await c.post("/", content=sixteen_bytes_in_chunks())
 
 
 async def test_a_declared_body_holds_its_room_until_the_reply_is_done() -> None:
@@ -135,13 +138,9 @@ async def test_a_streamed_body_is_admitted_as_it_arrives() -> None:
     budget = MemoryBudget(10, wait_s=0.05)
     app = BodyLimitMiddleware(echo_length, max_body_bytes=1000, budget=budget)
 
-    async def chunks():  # no Content-Length: httpx streams it chunked
-        for _ in range(4):
-            yield b"xxxx"
-
     async with client(app) as c:
         with pytest.raises(Overloaded):
-            await c.post("/", content=chunks())
+            await c.post("/", content=sixteen_bytes_in_chunks())
     assert budget.used == 0  # what it took is given back
 
 

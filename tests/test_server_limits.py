@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from proxy import errors
 from tests.integration.proxy_process import ProxyProcess
 from tests.servers import LiveServer
+from tests.strategies import JSON_BODIES, SPLIT_FRAME_BODIES
 
 pytestmark = pytest.mark.integration
 
@@ -508,21 +509,10 @@ HEADER_VALUES = st.sampled_from(
     alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"),
     max_size=40,
 )
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
 BODIES = st.one_of(
     st.binary(max_size=300),
-    JSON_VALUES.map(lambda value: json.dumps(value).encode()),
-    st.builds(
-        lambda columns, data: json.dumps({"columns": columns, "data": data}).encode(),
-        st.lists(st.text(max_size=5), max_size=3),
-        st.lists(st.lists(st.floats() | st.integers(), max_size=3), max_size=3),
-    ),
+    JSON_BODIES,
+    SPLIT_FRAME_BODIES,
     st.lists(st.text(alphabet="abc,1.5\n", max_size=20), max_size=5).map(
         lambda rows: "\n".join(rows).encode()
     ),

@@ -26,6 +26,8 @@ class Target:
     settings: UpstreamSettings
     # None: forward the client's own path (legacy pass-through, §1.4).
     path_template: str | None
+    # Pass-through replies keep the upstream's Set-Cookie (`backends.*.pass_set_cookie`).
+    pass_set_cookie: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,7 @@ def _target(
         retry_after_write=base.retry_after_write,
         trust_env=base.trust_env,
     )
-    return Target(backend, settings, path)
+    return Target(backend, settings, path, base.pass_set_cookie)
 
 
 def build_targets(config: ProxyConfig) -> dict[str, ModelTargets]:

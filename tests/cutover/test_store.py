@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
@@ -17,18 +17,9 @@ from proxy.cutover.store import (
     StateError,
     StateStore,
 )
-from tests.redis_server import MISSING, RedisServer, available
 
 pytestmark = pytest.mark.anyio
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    if not available():
-        pytest.skip(MISSING)
-    with RedisServer() as server:
-        yield server.url
 
 
 StoreFactory = Callable[[], StateStore]

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ import pytest
 
 from proxy.routing import bucket_of, threshold
 from tests.integration.proxy_process import PROJECT_ROOT, ProxyProcess
-from tests.redis_server import MISSING, RedisServer, available
 from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reset_simulators")]
@@ -32,14 +31,6 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 SPLIT = b'{"columns": ["a", "b"], "data": [[1, 2.5], [3, 4]]}'
 HEADERS = {"content-type": "application/json; format=pandas-split"}
 DEADLINE_S = 20.0
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    if not available():
-        pytest.skip(MISSING)
-    with RedisServer() as server:
-        yield server.url
 
 
 def config(serverless: LiveServer, legacy: LiveServer, **iris: Any) -> dict[str, Any]:

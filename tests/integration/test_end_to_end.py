@@ -8,7 +8,6 @@ never crash the proxy or earn a 500 it should not give.
 
 from __future__ import annotations
 
-import json
 import signal
 import string
 import threading
@@ -29,6 +28,7 @@ from sim.equality import assert_legacy_equivalent
 from tests.conftest import CORPUS
 from tests.integration.proxy_process import ProxyProcess
 from tests.servers import LiveServer
+from tests.strategies import JSON_BODIES, SPLIT_FRAME_BODIES
 
 pytestmark = pytest.mark.integration
 
@@ -166,22 +166,10 @@ CONTENT_TYPES = st.one_of(
         alphabet=string.ascii_letters + string.digits + string.punctuation + " ", max_size=40
     ).map(str.strip),
 )
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
 BODIES = st.one_of(
     st.binary(max_size=200),
-    # The stdlib writes NaN and Infinity as bare tokens, as MLflow clients do.
-    JSON_VALUES.map(lambda v: json.dumps(v).encode()),
-    st.builds(
-        lambda cols, data: json.dumps({"columns": cols, "data": data}).encode(),
-        st.lists(st.text(max_size=5), max_size=3),
-        st.lists(st.lists(st.floats() | st.integers(), max_size=3), max_size=3),
-    ),
+    JSON_BODIES,
+    SPLIT_FRAME_BODIES,
 )
 PATH_SEGMENT = st.text(
     alphabet=string.ascii_letters + string.digits + "-_.%", min_size=1, max_size=12

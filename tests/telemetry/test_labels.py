@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from proxy.cutover.redisstore import RedisStore
 from proxy.cutover.store import SqliteStore, StateError
 from proxy.routing import ClientKey, hash_client_key, report_label
 from proxy.telemetry.labels import ClientLabels
-from tests.redis_server import MISSING, RedisServer, available
 
 pytestmark = pytest.mark.anyio
 _prefixes = itertools.count()
@@ -93,14 +91,6 @@ async def test_an_in_memory_store_keeps_its_secret() -> None:
         assert await store.deployment_secret() == await store.deployment_secret()
     finally:
         await store.aclose()
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    if not available():
-        pytest.skip(MISSING)
-    with RedisServer() as server:
-        yield server.url
 
 
 @pytest.mark.redis

@@ -334,7 +334,8 @@ async def test_interim_replies_are_skipped() -> None:
     assert reply.header("link") is None
 
 
-def _encoded(coding: bytes, body: bytes) -> bytes:
+def encoded(coding: bytes, body: bytes) -> bytes:
+    """A 200 reply whose body is `body` under Content-Encoding `coding`."""
     return (
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: "
         + coding
@@ -355,7 +356,7 @@ def _encoded(coding: bytes, body: bytes) -> bytes:
     ],
 )
 async def test_decompress_decodes_and_drops_the_coding(coding: bytes, body: bytes) -> None:
-    answer = always(_encoded(coding, body))
+    answer = always(encoded(coding, body))
     async with scripted(answer) as (url, _), client(url, decompress=True) as upstream:
         reply = await upstream.send("POST", "/invocations", [], b"{}")
     assert reply.body == b"[1, 2]"
@@ -365,7 +366,7 @@ async def test_decompress_decodes_and_drops_the_coding(coding: bytes, body: byte
 
 async def test_without_decompress_bytes_and_headers_stay_as_sent() -> None:
     body = gzip.compress(b"[1, 2]")
-    answer = always(_encoded(b"gzip", body))
+    answer = always(encoded(b"gzip", body))
     async with scripted(answer) as (url, _), client(url, decompress=False) as upstream:
         reply = await upstream.send("POST", "/invocations", [], b"{}")
     assert reply.body == body
@@ -375,8 +376,8 @@ async def test_without_decompress_bytes_and_headers_stay_as_sent() -> None:
 @pytest.mark.parametrize(
     ("reply", "message"),
     [
-        (_encoded(b"br", b"\x0b\x02\x80[1]\x03"), "cannot decode"),
-        (_encoded(b"gzip", b"not gzip"), "does not match"),
+        (encoded(b"br", b"\x0b\x02\x80[1]\x03"), "cannot decode"),
+        (encoded(b"gzip", b"not gzip"), "does not match"),
     ],
 )
 async def test_an_unreadable_coding_is_a_protocol_error(reply: bytes, message: str) -> None:

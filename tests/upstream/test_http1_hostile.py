@@ -31,7 +31,7 @@ from proxy.upstream.aiohttp import AiohttpUpstream
 from proxy.upstream.base import Upstream, UpstreamSettings
 from proxy.upstream.connection import Connection
 from proxy.upstream.http1 import HttptoolsUpstream
-from tests.upstream.test_http1 import OK, Request, always, client, scripted, settings
+from tests.upstream.test_http1 import OK, Request, always, client, encoded, scripted, settings
 from tests.upstream.transports import FakeTransport
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -349,23 +349,12 @@ async def test_pool_size_holds_across_an_upstream_restart(monkeypatch: pytest.Mo
 # --- 5. compressed replies ---------------------------------------------------------------
 
 
-def _encoded(coding: bytes, body: bytes) -> bytes:
-    return (
-        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: "
-        + coding
-        + b"\r\ncontent-length: "
-        + str(len(body)).encode()
-        + b"\r\n\r\n"
-        + body
-    )
-
-
 @BOTH
 async def test_every_gzip_member_is_decoded(
     factory: Callable[[UpstreamSettings], Upstream],
 ) -> None:
     body = gzip.compress(b"[1, ") + gzip.compress(b"2]")
-    async with scripted(always(_encoded(b"gzip", body))) as (url, _), pool(factory, url) as up:
+    async with scripted(always(encoded(b"gzip", body))) as (url, _), pool(factory, url) as up:
         reply = await up.send("POST", "/invocations", [], b"{}")
     assert reply.body == b"[1, 2]"
     assert reply.header("content-encoding") is None
@@ -379,7 +368,7 @@ async def test_a_body_inflating_past_the_cap_is_a_protocol_error(
     bomb = b"\0" * (4 << 20)
     packed = gzip.compress(bomb) if coding == b"gzip" else zlib.compress(bomb)
     assert len(packed) < 64 * 1024
-    answer = always(_encoded(coding, packed))
+    answer = always(encoded(coding, packed))
     async with scripted(answer) as (url, _), pool(factory, url, max_reply_bytes=1 << 20) as up:
         with pytest.raises(UpstreamProtocolError, match="max_reply_bytes"):
             await up.send("POST", "/invocations", [], b"{}")
@@ -409,7 +398,7 @@ async def test_a_large_inflate_runs_off_the_event_loop(monkeypatch: pytest.Monke
     monkeypatch.setattr(base, "decode_content", spy)
     small, large = b"[1]", b"[" + b"1," * (base.INLINE_DECODE_BYTES) + b"1]"
     for body in (small, large):
-        answer = always(_encoded(b"gzip", gzip.compress(body)))
+        answer = always(encoded(b"gzip", gzip.compress(body)))
         async with scripted(answer) as (url, _), client(url, max_reply_bytes=4 << 20) as up:
             assert (await up.send("POST", "/invocations", [], b"{}")).body == body
     loop_thread = threading.get_ident()
