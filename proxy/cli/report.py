@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from proxy import jsoncodec
 from proxy.cli.client import DEFAULT_TIMEOUT_S, DEFAULT_URL, AdminClient, CliError
 from proxy.config import ADMIN_TOKEN_ENV
+from proxy.telemetry.slots import EVENTS
 
 FORMATS = ("table", "json", "csv")
 SIDES = ("legacy", "serverless")
@@ -43,6 +44,7 @@ MODEL_COLUMNS = (
     "parity_dropped",
     "legacy_client_keys",
     "legacy_client_requests",
+    *EVENTS,
 )
 CLIENT_COLUMNS = ("model", "client", "requests", "last_seen", "formats")
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV
@@ -95,6 +97,9 @@ def model_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         named = [c for c in view["clients"] if c["client"] != "other"]
         row["legacy_client_keys"] = len(named)
         row["legacy_client_requests"] = sum(c["requests"] for c in view["clients"])
+        events = view.get("events", {})
+        for event in EVENTS:
+            row[event] = events.get(event, 0)
         rows.append(row)
     return rows
 
@@ -220,6 +225,12 @@ def render_table(report: Mapping[str, Any]) -> str:
             if compared or parity["error"] or parity["dropped"]
             else "  shadow parity: n/a (no comparisons in the window)"
         )
+        events = view.get("events", {})
+        if any(events.values()):
+            lines.append(
+                "  endpoint realities: "
+                + ", ".join(f"{event.replace('_', ' ')} {events[event]}" for event in EVENTS)
+            )
         clients = view["clients"]
         if not clients:
             lines.append("  legacy clients: none seen")

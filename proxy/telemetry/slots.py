@@ -21,6 +21,11 @@ BACKENDS = ("legacy", "serverless")
 PROXY = "proxy"
 # Shadow comparison results (the `result` label of the parity counter too).
 PARITY_RESULTS = ("match", "mismatch", "error", "dropped")
+# What the endpoint's realities did to requests (README "When the endpoint is slow, cold,
+# rate-limited or gone"), counted per model: retries sent, requests whose retries stopped
+# with attempts left, requests held for a cold start, spilled back to legacy, that waited
+# in the model's queue, and that the queue refused.
+EVENTS = ("retries", "retry_stops", "holds", "spill_backs", "queued", "queue_rejected")
 
 
 def new_histogram(significant_figures: int) -> HdrHistogram:
@@ -68,6 +73,7 @@ class Slot:
     # Requests that never reached a backend (local replies), by model: (requests, errors).
     local: dict[str, list[int]] = field(default_factory=dict)
     parity: dict[tuple[str, str], int] = field(default_factory=dict)
+    events: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def slot_to_json(slot: Slot, encoded: Mapping[tuple[str, str], str]) -> dict[str, Any]:
@@ -81,6 +87,7 @@ def slot_to_json(slot: Slot, encoded: Mapping[tuple[str, str], str]) -> dict[str
         ],
         "local": [[m, r, e] for m, (r, e) in slot.local.items()],
         "parity": [[m, res, n] for (m, res), n in slot.parity.items()],
+        "events": [[m, event, n] for (m, event), n in slot.events.items()],
     }
 
 
@@ -93,6 +100,8 @@ def slot_from_json(data: Mapping[str, Any], significant_figures: int) -> Slot:
         slot.cells[(model, series)] = Cell(hist, requests, errors)
     slot.local = {m: [r, e] for m, r, e in data["local"]}
     slot.parity = {(m, res): n for m, res, n in data["parity"]}
+    # A worker of an older version sends none.
+    slot.events = {(m, event): n for m, event, n in data.get("events", ())}
     return slot
 
 
@@ -117,10 +126,11 @@ class ModelTotals:
     cells: dict[str, Cell] = field(default_factory=dict)
     local: list[int] = field(default_factory=lambda: [0, 0])
     parity: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARITY_RESULTS, 0))
+    events: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVENTS, 0))
 
 
 def model_totals(model: str, slots: Iterable[Slot], significant_figures: int) -> ModelTotals:
-    """Add up one model's cells, local replies and parity over `slots`."""
+    """Add up one model's cells, local replies, parity and events over `slots`."""
     totals = ModelTotals()
     for slot in slots:
         for series in (*BACKENDS, PROXY):
@@ -137,4 +147,7 @@ def model_totals(model: str, slots: Iterable[Slot], significant_figures: int) ->
             totals.local[1] += counts[1]
         for result in PARITY_RESULTS:
             totals.parity[result] += slot.parity.get((model, result), 0)
+        if slot.events:
+            for event in EVENTS:
+                totals.events[event] += slot.events.get((model, event), 0)
     return totals

@@ -94,6 +94,21 @@ def _no_rollout(model: str) -> Rollout:
     return Rollout()
 
 
+def _count_events(events: dict[tuple[str, str], int], model: str, record: ExchangeRecord) -> None:
+    """Add one request's retries, hold, spill-back and queue outcome (`slots.EVENTS`)."""
+    counted = (
+        ("retries", len(record.retries)),
+        ("retry_stops", record.retry_stop is not None),
+        ("holds", record.held_s > 0),
+        ("spill_backs", record.spill is not None),
+        ("queued", record.queue == "waited"),
+        ("queue_rejected", record.queue in ("full", "timeout")),
+    )
+    for event, n in counted:
+        if n:
+            events[(model, event)] = events.get((model, event), 0) + int(n)
+
+
 @dataclass(slots=True)
 class _WeightPoint:
     t: float
@@ -166,6 +181,8 @@ class Stats:
             self._models.add(model)
             self._sample_rollout(model, now)
         slot = self._slot(now)
+        if record.retries or record.retry_stop or record.held_s or record.spill or record.queue:
+            _count_events(slot.events, model, record)
         error = record.status >= 500
         if record.backend is None:
             counts = slot.local.setdefault(model, [0, 0])

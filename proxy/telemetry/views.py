@@ -89,6 +89,7 @@ def model_view(
             name: _distribution(merged[name].hist) if name in merged else None for name in BACKENDS
         },
         "clients": clients,
+        "events": dict(totals.events),
     }
 
 

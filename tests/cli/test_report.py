@@ -50,6 +50,8 @@ def snapshot() -> dict[str, Any]:
             )
             r.model, r.backend, r.status = "iris", backend, 200 if i else 503
             r.total_s, r.upstream_s = ms / 1e3, ms / 1e3 - 0.0005
+            if i % 25 == 0 and backend is Backend.SERVERLESS:
+                r.retries, r.queue, r.queued_s = ("429",), "waited", 0.01
             stats.add(r, T0 + i / 10)
     for key, count in (("app-a", 5), ("app-b", 3), ("app-c", 1)):
         for _ in range(count):
@@ -75,6 +77,10 @@ def test_table_shows_each_figure() -> None:
     assert "other" in text
     assert "wine: 0 requests, error rate n/a, serverless weight n/a, rollout n/a" in text
     assert "legacy clients: none seen" in text
+    assert (
+        "endpoint realities: retries 4, retry stops 0, holds 0, spill backs 0, queued 4, "
+        "queue rejected 0" in text
+    )
 
 
 def test_json_and_csv_carry_the_same_figures() -> None:
@@ -89,6 +95,7 @@ def test_json_and_csv_carry_the_same_figures() -> None:
     assert (iris["parity_rate"], iris["parity_compared"], iris["parity_mismatch"]) == (0.9, 10, 1)
     assert (iris["legacy_client_keys"], iris["legacy_client_requests"]) == (2, 9)
     assert wine["weight_percent"] is None
+    assert (iris["retries"], iris["queued"], iris["spill_backs"]) == (4, 4, 0)
     assert [c["client"] for c in exported["legacy_clients"]] == ["app-a", "app-b", "other"]
     rows = list(csv.DictReader(io.StringIO(render_csv(report))))
     assert float(rows[0]["legacy_p99_ms"]) == iris["legacy_p99_ms"]

@@ -190,6 +190,11 @@ def test_workers_merge_to_the_figures_of_one_process() -> None:
             stats.add(r, t)
             stats.inventory.saw("iris", f"k{i % 5}", "csv", t)
             stats.add_parity("iris", "match" if i % 7 else "mismatch", t)
+        if i % 10 == 0:
+            eventful = record(backend=None if i % 20 else Backend.LEGACY, status=503)
+            eventful.retries, eventful.spill, eventful.queue = ("429",) * (i % 3), "429", "timeout"
+            for stats in (one, worker):
+                stats.add(eventful, t)
     now = T0 + 40
     exported = jsoncodec.loads(jsoncodec.dumps(second.export(now)))  # as read from its file
     merged = first.snapshot(now, [exported])
@@ -226,3 +231,25 @@ def test_pending_values_land_in_the_buckets_hdr_would_choose(figures: int) -> No
     hist = cell.histogram()
     assert hist.get_total_count() == reference.get_total_count()
     assert list(hist.counts) == list(reference.counts)
+
+
+def test_retries_holds_spills_and_the_queue_are_counted_in_the_window() -> None:
+    stats = Stats(StatsSettings(window_s=20, slot_s=10))
+    retried = record()
+    retried.retries, retried.retry_stop, retried.held_s = ("429", "503"), "budget_s", 2.0
+    spilled = record(backend=Backend.LEGACY)
+    spilled.retries, spilled.spill, spilled.queue, spilled.queued_s = ("429",), "429", "waited", 0.1
+    rejected = record(backend=None, status=503)  # answered by the proxy: no backend
+    rejected.queue, rejected.queued_s = "full", 0.0
+    for r in (retried, spilled, rejected, record()):
+        stats.add(r, T0)
+    assert stats.snapshot(T0 + 1)["models"]["iris"]["events"] == {
+        "retries": 3,
+        "retry_stops": 1,
+        "holds": 1,
+        "spill_backs": 1,
+        "queued": 1,
+        "queue_rejected": 1,
+    }
+    later = stats.snapshot(T0 + 40)["models"]["iris"]["events"]  # out of the window
+    assert set(later.values()) == {0}
