@@ -47,6 +47,7 @@ from proxy.dispatch import ScoringDispatch
 from proxy.errors import MethodNotAllowed, NoRoute, ProxyError, render, render_bug
 from proxy.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from proxy.models import Reply
+from proxy.probing import prober
 from proxy.runtime import Runtime
 from proxy.shadow.mirror import shadow_call, tolerances_of
 from proxy.shadow.runner import Shadow
@@ -137,7 +138,8 @@ def build_runtime(config: ProxyConfig, upstream_factory: UpstreamFactory | None 
     the first job under `shadow.isolation: process`)."""
     pools = Pools.build(config, upstream_factory)
     credentials = build_credentials(config)
-    cutover = Cutover(config)
+    # The rollout's readiness probe goes the clients' way: these pools and credentials.
+    cutover = Cutover(config, probe=prober(pools, credentials))
     worker = ShadowWorker(config) if config.shadow.isolation == "process" else None
     shadow = Shadow(
         config.shadow, shadow_call(pools, credentials), tolerances_of(config), worker=worker
@@ -155,7 +157,7 @@ def build_runtime(config: ProxyConfig, upstream_factory: UpstreamFactory | None 
 
 def follow(hub: Hub, runtime: Runtime) -> None:
     """Report the weights and rollout states the cutover holds, mark its rollbacks, and
-    count the shadow results."""
+    count the shadow results and the readiness probes."""
     cutover = runtime.cutover
 
     def source(model: str) -> Rollout:
@@ -168,6 +170,11 @@ def follow(hub: Hub, runtime: Runtime) -> None:
         hub.note_rollout(model, "rollback" if action == "rollback" else None)
 
     hub.set_rollout_source(source)
+    metrics = hub.metrics
+    if metrics is not None:
+        cutover.on_probe.append(
+            lambda model, result: metrics.count_probe(model, "ok" if result.ok else "failed")
+        )
     cutover.on_change.append(changed)
     runtime.shadow.on_result.append(hub.shadow_result)
 

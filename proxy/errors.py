@@ -291,14 +291,23 @@ class BodyTimeout(ProxyError):
 
 
 class UpstreamConnectError(ProxyError):
-    """§6.5 UF: the upstream could not be reached."""
+    """§6.5 UF: the upstream could not be reached.
+
+    `sent`: whether any of the request may have reached the upstream. True unless the
+    client knows that nothing was written (refused, reset or timed out while connecting),
+    because only a request that was never written is safe to send again or elsewhere:
+    the model may have run on one that was.
+    """
 
     status_code = 503
     flag = "UF"
     error_code = "TEMPORARILY_UNAVAILABLE"
 
-    def __init__(self, message: str = "Model endpoint is unavailable.") -> None:
+    def __init__(
+        self, message: str = "Model endpoint is unavailable.", *, sent: bool = True
+    ) -> None:
         super().__init__(message)
+        self.sent = sent
 
 
 class UpstreamTimeout(ProxyError):
@@ -386,7 +395,7 @@ def render_bug(exc: BaseException, record: Flagged | None = None) -> Reply:
 class AdminError(ProxyError):
     """An admin API or dashboard request refused: `{"error": ..., "message": ...}` JSON.
 
-    Its status varies (400, 401, 404, 405, 503): the operator's tools read `error`, a
+    Its status varies (400, 401, 404, 405, 409, 503): the operator's tools read `error`, a
     stable word, and show `message` to a person.
     """
 

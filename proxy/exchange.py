@@ -4,13 +4,21 @@ Plain data in, plain data out: an `Inbound` (the client's request as read once),
 backend to call, the pools and credentials the app built; a `Reply`, or a `ProxyError`.
 It knows no ASGI, so the request handler and the shadow worker (in another process)
 make the very same call. The facts a call learns on the way (which backend, the legacy
-format, the time spent waiting and translating) are written onto a `Facts` the caller
-passes: the request's record, or a scratch `Trace` for a shadow call.
+format, the time spent waiting and translating, the retries, the hold and the spill-back)
+are written onto a `Facts` the caller passes: the request's record, or a scratch `Trace`
+for a shadow call.
+
+A client's call is sent again when the upstream did not process it, by the rules of
+`proxy.resilience` and within the proxy-wide `retry_budget` (README "When the endpoint is
+slow, cold, rate-limited or gone"); a shadow call is sent once. With `fallback: legacy`,
+a legacy client's request the serverless side did not process goes to the legacy backend
+instead, once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import time
 from collections.abc import Callable
@@ -21,6 +29,7 @@ from proxy import headers as header_rules
 from proxy.config import ModelConfig
 from proxy.config.backends import Limits
 from proxy.credentials import Credentials
+from proxy.errors import UpstreamConnectError, UpstreamTimeout
 from proxy.models import (
     Backend,
     Body,
@@ -33,11 +42,27 @@ from proxy.models import (
 from proxy.protocol.legacy import parse_request
 from proxy.protocol.limits import WorkLimits
 from proxy.protocol.translate import legacy_to_v2, v2_to_legacy
+from proxy.resilience import RETRY_STATUS_REASONS
+from proxy.retrying import SpillBack, again
 from proxy.upstream.pools import Pools
 from proxy.upstream.targets import Target
 
 # §6.4 M9/M11: tell a retrying client when to come back.
 RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+class Call(enum.Enum):
+    """How one backend call is made."""
+
+    # A client's call: retried by its target's policy.
+    PRIMARY = "primary"
+    # A legacy client's call to serverless under `fallback: legacy`: retried, then
+    # spilled back to legacy if the serverless side did not process it.
+    SPILLABLE = "spillable"
+    # The spill-back itself: once, within what is left of the request's deadline.
+    ONCE = "once"
+    # A shadow call: the shadow pools, once.
+    SHADOW = "shadow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +121,24 @@ class Facts(Protocol):
     legacy_format: str | None
     upstream_s: float | None
     translate_s: float
+    retries: tuple[str, ...]
+    retry_stop: str | None
+    held_s: float
+    spill: str | None
 
 
 @dataclass(slots=True)
 class Trace:
-    """The facts of a call nobody reports on one by one (a shadow call)."""
+    """The facts of a call nobody reports on one by one (a shadow call, a probe)."""
 
     backend: Backend | None = None
     legacy_format: str | None = None
     upstream_s: float | None = None
     translate_s: float = 0.0
+    retries: tuple[str, ...] = ()
+    retry_stop: str | None = None
+    held_s: float = 0.0
+    spill: str | None = None
 
 
 # Told of every translated request before it is sent (payload recording), never of a
@@ -121,38 +154,64 @@ async def send(
     facts: Facts,
     *,
     shadow: bool = False,
+    fallback: bool = False,
     on_translated: OnTranslated | None = None,
 ) -> Reply:
     """Send `inbound` to `backend` and return the answer in the legacy client's form.
 
     Legacy gets the client's bytes unchanged (§1.4); serverless gets the translation
     (§2–§5, headers by §7.1) and its answer is translated back (§6). A model with no
-    legacy side always goes to serverless.
+    legacy side always goes to serverless. A client's call is retried by its target's
+    policy (`proxy.resilience`); when the retries are spent, the last answer is the reply.
 
     Args:
         shadow: use the shadow pools, so a slow shadow backend never takes a connection
-            the clients' calls need.
+            the clients' calls need; a shadow call is never retried.
+        fallback: the request is a legacy client's, so with the model's `fallback: legacy`
+            a serverless call that ends unprocessed (429, 503, a connection failure before
+            writing, a spent cold-start hold) is sent to the legacy backend instead, once,
+            within the time the request has left; `facts.spill` says why.
 
     Raises:
         ProxyError: the request cannot be translated, or the backend gave no valid answer.
     """
     targets = pools.targets[inbound.ref.name]
+    call = Call.SHADOW if shadow else Call.PRIMARY
     if backend is Backend.LEGACY and targets.legacy is not None:
-        return await _legacy(inbound, targets.legacy, pools, credentials, facts, shadow)
-    return await _serverless(
-        inbound, targets.serverless, pools, credentials, facts, shadow, on_translated
-    )
+        return await _legacy(inbound, targets.legacy, pools, credentials, facts, call)
+    if not (fallback and targets.fallback and call is Call.PRIMARY):
+        return await _serverless(
+            inbound, targets.serverless, pools, credentials, facts, call, on_translated
+        )
+    assert targets.legacy is not None  # ModelTargets.fallback says there is one
+    try:
+        return await _serverless(
+            inbound, targets.serverless, pools, credentials, facts, Call.SPILLABLE, on_translated
+        )
+    except SpillBack as spill:
+        facts.spill = spill.reason
+        waited, facts.upstream_s = facts.upstream_s or 0.0, None
+        try:
+            async with asyncio.timeout(spill.deadline - time.perf_counter()):
+                out = await _legacy(inbound, targets.legacy, pools, credentials, facts, Call.ONCE)
+        except TimeoutError as exc:
+            raise UpstreamTimeout() from exc
+        finally:
+            # The wait on both backends: the serverless one is no time of the proxy's own.
+            facts.upstream_s = waited + (facts.upstream_s or 0.0)
+        return out
 
 
 async def send_new_style(
     inbound: Inbound, pools: Pools, credentials: Credentials, facts: Facts
 ) -> Reply:
     """A migrated client's request (§1.5): forwarded untranslated to the model's serverless
-    side, Content-Type kept, the reply returned as it came."""
+    side, Content-Type kept, the reply returned as it came (retried as any client's call,
+    never spilled back: the client chose the new side)."""
     target = pools.targets[inbound.ref.name].serverless
     path = _with_query(pools.path(target, inbound.ref), inbound.query)
     headers = _serverless_headers(inbound, credentials, inbound.header("content-type"))
-    return await _pass_through(pools, facts, target, path, headers, inbound.body, False)
+    return await _pass_through(pools, facts, target, path, headers, inbound.body, Call.PRIMARY)
 
 
 async def _pass_through(
@@ -162,11 +221,11 @@ async def _pass_through(
     path: str,
     headers: list[tuple[str, str]],
     body: Body,
-    shadow: bool,
+    call: Call,
 ) -> Reply:
     """§1.4, §1.5: POST, and the upstream's status, headers and bytes as they came (§7.3),
     but a `Set-Cookie` the target's backend does not pass."""
-    reply = await _post(pools, facts, target, path, headers, body, shadow)
+    reply = await _post(pools, facts, target, path, headers, body, call)
     headers_out = header_rules.from_passthrough(
         reply.headers, pass_set_cookie=target.pass_set_cookie
     )
@@ -179,7 +238,7 @@ async def _legacy(
     pools: Pools,
     credentials: Credentials,
     facts: Facts,
-    shadow: bool,
+    call: Call,
 ) -> Reply:
     """§1.4: the client's bytes, unchanged, to the legacy server (headers by §7.2)."""
     path = inbound.raw_path if target.path_template is None else pools.path(target, inbound.ref)
@@ -190,7 +249,7 @@ async def _legacy(
         request_id=inbound.request_id,
         token=None if source is None else source.token(),
     )
-    return await _pass_through(pools, facts, target, path, headers, inbound.body, shadow)
+    return await _pass_through(pools, facts, target, path, headers, inbound.body, call)
 
 
 async def _serverless(
@@ -199,7 +258,7 @@ async def _serverless(
     pools: Pools,
     credentials: Credentials,
     facts: Facts,
-    shadow: bool,
+    call: Call,
     on_translated: OnTranslated | None,
 ) -> Reply:
     """§2–§5: translate, POST with §7.1's headers, translate the answer back."""
@@ -209,7 +268,7 @@ async def _serverless(
     if model.legacy_protocol is LegacyProtocol.MLFLOW2:
         # §8.1: the model already spoke MLflow 2 on legacy serving; map the URL only.
         headers = _serverless_headers(inbound, credentials, content_type)
-        return await _pass_through(pools, facts, target, path, headers, inbound.body, shadow)
+        return await _pass_through(pools, facts, target, path, headers, inbound.body, call)
 
     limits = pools.config.limits
     t0 = time.perf_counter()
@@ -223,10 +282,10 @@ async def _serverless(
             )
     finally:
         facts.translate_s += time.perf_counter() - t0
-    if on_translated is not None and not shadow:
+    if on_translated is not None and call is not Call.SHADOW:
         on_translated(inbound, v2)
     headers = _serverless_headers(inbound, credentials, v2.content_type)
-    reply = await _post(pools, facts, target, path, headers, v2.body, shadow)
+    reply = await _post(pools, facts, target, path, headers, v2.body, call)
     # Sent: a large translated body must not stay alive while the reply is translated.
     del v2
     t0 = time.perf_counter()
@@ -294,14 +353,47 @@ async def _post(
     path: str,
     headers: list[tuple[str, str]],
     body: Body,
-    shadow: bool,
+    call: Call,
 ) -> UpstreamReply:
-    """POST to one backend, timing the wait."""
+    """POST to one backend, timing the wait (retries and their pauses included).
+
+    A healthy call costs one branch on its status: only an answer or a failure that
+    could be retried (or spilled back) takes the slow path, `retrying.again`.
+    """
     facts.backend = target.backend
-    pool = pools.shadow(target) if shadow else pools.primary(target)
     t0 = time.perf_counter()
+    if call is Call.SHADOW or call is Call.ONCE:
+        pool = pools.shadow(target) if call is Call.SHADOW else pools.primary(target)
+        try:
+            return await pool.send("POST", path, headers, body)
+        finally:
+            facts.upstream_s = time.perf_counter() - t0
+    pool = pools.primary(target)
+    policy = target.retry
+    if policy is not None:
+        pools.retry_budget.note_request(t0)
+    spillable = call is Call.SPILLABLE
     try:
-        return await pool.send("POST", path, headers, body)
+        try:
+            reply = await pool.send("POST", path, headers, body)
+        except UpstreamConnectError as exc:
+            if exc.sent or (policy is None and not spillable):
+                raise
+            outcome: UpstreamReply | UpstreamConnectError = exc
+        else:
+            if reply.status not in RETRY_STATUS_REASONS or (policy is None and not spillable):
+                return reply
+            outcome = reply
+        return await again(
+            pool,
+            pools.retry_budget,
+            facts,
+            target,
+            (path, headers, body),
+            t0,
+            outcome,
+            spillable=spillable,
+        )
     finally:
         facts.upstream_s = time.perf_counter() - t0
 

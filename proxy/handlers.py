@@ -22,12 +22,14 @@ from proxy import exchange
 from proxy import headers as header_rules
 from proxy.asgi import ReplyResponse, client_host, query_of, raw_path_of, read_body, record_of
 from proxy.errors import JSON, MethodNotAllowed, NoRoute, ProxyError
-from proxy.models import ModelRef, Reply, V2Request
+from proxy.models import Backend, ModelRef, Reply, V2Request, first_header
 from proxy.protocol import paths
+from proxy.resilience import spill_status
 from proxy.runtime import Runtime
 from proxy.shadow.job import ShadowJob
+from proxy.shadow.mirror import decoded_body
 from proxy.telemetry.record import ExchangeRecord
-from proxy.telemetry.recorder import record_sample
+from proxy.telemetry.recorder import RecordedAnswer, record_sample
 
 INVOCATION_ALLOW = ("OPTIONS", "POST")
 AUX_ALLOW = ("GET", "HEAD", "OPTIONS")
@@ -94,6 +96,26 @@ def _record_payload(runtime: Runtime) -> exchange.OnTranslated | None:
     return record
 
 
+def _record_answer(runtime: Runtime, inbound: exchange.Inbound, out: Reply) -> None:
+    """`recording.answers`: a request the legacy backend answered, with its answer (a pair
+    for `serving-proxy verify`), sampled as any other."""
+
+    def answer() -> RecordedAnswer:
+        content_type = out.content_type or first_header(out.headers, "content-type")
+        return RecordedAnswer(out.status, content_type, decoded_body(out))
+
+    record_sample(
+        runtime.config.recording,
+        model=inbound.ref.name,
+        version=inbound.ref.version,
+        path=inbound.path,
+        content_type=inbound.header("content-type"),
+        body=inbound.body,
+        answer=answer,
+        request_id=inbound.request_id,
+    )
+
+
 async def legacy_invocations(scope: Scope, receive: Receive, name: str, segment: str) -> Reply:
     """`POST /model/<name>/<version-or-stage>/invocations` (§1.2, §4, §5, §6.4).
 
@@ -109,7 +131,10 @@ async def legacy_invocations(scope: Scope, receive: Receive, name: str, segment:
     # The body first, then a place: a slow upload holds no place a whole request could use
     # (its memory is bounded by the body budget, `BodyLimitMiddleware`).
     body = await read_body(receive)
-    with runtime.admission:
+    # The model's place first (queued past its `max_in_flight`), then the proxy's: a queued
+    # request holds no proxy-wide place. A model without a limit has no gate and no await.
+    model_gate = runtime.gates.get(ref.name)
+    with runtime.admission if model_gate is None else await model_gate.admit(record):
         inbound = _inbound(scope, ref, body, record.request_id)
         cutover = runtime.cutover
         decision = cutover.decide(ref, scope["state"].get("client_key"), inbound.headers)
@@ -123,15 +148,20 @@ async def legacy_invocations(scope: Scope, receive: Receive, name: str, segment:
                 runtime.pools,
                 runtime.credentials,
                 record,
+                fallback=True,
                 on_translated=_record_payload(runtime),
             )
         except ProxyError as exc:
             cutover.count_call(ref.name, primary, exc.status_code, time.perf_counter() - t0)
             raise
-        cutover.count_call(
-            ref.name, primary, out.status, record.upstream_s or time.perf_counter() - t0
-        )
-        if decision.shadow is not None:
+        # Spilled back to legacy: the gates count the serverless side's failure, not
+        # legacy's answer.
+        status = out.status if record.spill is None else spill_status(record.spill)
+        cutover.count_call(ref.name, primary, status, record.upstream_s or time.perf_counter() - t0)
+        if record.backend is Backend.LEGACY and runtime.config.recording.answers:
+            _record_answer(runtime, inbound, out)
+        # A spilled answer is the legacy backend's own: nothing to compare it with.
+        if decision.shadow is not None and record.spill is None:
             record.shadow = decision.shadow
             shadow = runtime.shadow
             # Nothing is built for a request the mirror has no slot for: at saturation
@@ -163,7 +193,8 @@ async def new_style_invocations(
     record.model, record.version = ref.name, ref.version
     record.legacy_format = "new"
     body = await read_body(receive)  # before a place, as for a legacy request
-    with runtime.admission:
+    model_gate = runtime.gates.get(ref.name)  # the model's place first, as for legacy
+    with runtime.admission if model_gate is None else await model_gate.admit(record):
         inbound = _inbound(scope, ref, body, record.request_id)
         return await exchange.send_new_style(inbound, runtime.pools, runtime.credentials, record)
 

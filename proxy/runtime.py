@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from proxy.admission import ModelGate, build_gates
 from proxy.config import ProxyConfig
 from proxy.credentials import Credentials
 from proxy.cutover import Cutover
@@ -65,10 +66,13 @@ class Runtime:
     # Told +1/-1 as requests are admitted and leave (the in-flight gauge).
     on_in_flight: Callable[[int], None] | None = None
     admission: Admission = field(init=False)
+    # Models with their own `max_in_flight`, by name; a model without one has no entry.
+    gates: dict[str, ModelGate] = field(init=False)
     _refs: dict[tuple[str, str], ModelRef] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.admission = Admission(self)
+        self.gates = build_gates(self.config.models, self.admission)
 
     def resolve_legacy(self, name: str, segment: str) -> ModelRef:
         """`paths.resolve_legacy` over this config, remembered (raises `UnknownModel`)."""

@@ -60,9 +60,16 @@ class SimulatorCounters:
     total: int = 0
     by_path: dict[str, int] = field(default_factory=dict)
     last_request: dict[str, Any] | None = None
+    # The most requests handled at once, so tests can check a concurrency limit upstream.
+    max_in_flight: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"total": self.total, "by_path": self.by_path, "last_request": self.last_request}
+        return {
+            "total": self.total,
+            "by_path": self.by_path,
+            "last_request": self.last_request,
+            "max_in_flight": self.max_in_flight,
+        }
 
 
 class _NoResponse(Response):
@@ -96,9 +103,31 @@ class Simulator:
         self.replay = replay
         self.faults = faults
         self.counters = SimulatorCounters()
+        self.in_flight = 0
         # Two streams, so changing the jitter does not move which requests fail.
         self._jitter_rng = random.Random(f"{seed}:jitter")
         self._fail_rng = random.Random(f"{seed}:fail")
+        self._status_rng = random.Random(f"{seed}:status")
+
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        self._faults = faults
+        # `status_times` counts from when the faults were set.
+        self._status_left = faults.status_times
+
+    def _status_due(self, faults: Faults) -> bool:
+        """Whether this request gets the `status` fault (`status_rate`, `status_times`)."""
+        if faults.status_rate < 1.0 and self._status_rng.random() >= faults.status_rate:
+            return False
+        if self._status_left is not None:
+            if self._status_left <= 0:
+                return False
+            self._status_left -= 1
+        return True
 
     def _count(self, request: Request, body: bytes, delay_ms: float) -> None:
         headers: dict[str, str] = {}
@@ -119,10 +148,20 @@ class Simulator:
         }
 
     async def handle(self, request: Request) -> Response:
-        """Every request outside /_sim/: faults first, then the corpus, then the toy model."""
+        """Every request outside /_sim/: faults first, then the corpus, then the toy model;
+        counted in flight from its arrival to its answer."""
         path = request.url.path
         if path.startswith(_CONTROL_PREFIX):
             return json_response({"error": f"no simulator control at {path}"}, 404)
+        self.in_flight += 1
+        counters = self.counters
+        counters.max_in_flight = max(counters.max_in_flight, self.in_flight)
+        try:
+            return await self._serve(request, path)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve(self, request: Request, path: str) -> Response:
         body = await request.body()
         faults = self.faults
         delay_ms = faults.delay_ms
@@ -133,11 +172,14 @@ class Simulator:
             await anyio.sleep(delay_ms / 1000)
         if faults.drop:
             return _NoResponse()
-        if faults.status is not None:
+        if faults.status is not None and self._status_due(faults):
             code = _ERROR_CODES.get(
                 faults.status, "INTERNAL_ERROR" if faults.status >= 500 else "BAD_REQUEST"
             )
-            return mlflow_error(faults.status, code, f"simulated fault: status {faults.status}")
+            answer = mlflow_error(faults.status, code, f"simulated fault: status {faults.status}")
+            if faults.retry_after is not None:
+                answer.headers["retry-after"] = faults.retry_after
+            return answer
         if faults.fail_rate and self._fail_rng.random() < faults.fail_rate:
             return mlflow_error(500, "INTERNAL_ERROR", "simulated fault: fail_rate")
         if faults.malformed:

@@ -37,6 +37,24 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--jitter-ms", type=float, default=0.0)
     parser.add_argument("--fail-rate", type=float, default=0.0)
+    parser.add_argument(
+        "--status", type=int, default=None, help="answer requests with this status instead"
+    )
+    parser.add_argument(
+        "--status-times",
+        type=int,
+        default=None,
+        help="only the first N requests get --status (default: every one)",
+    )
+    parser.add_argument(
+        "--status-rate",
+        type=float,
+        default=1.0,
+        help="the share of requests (seeded) that get --status (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--retry-after", default=None, help="the Retry-After value of --status answers"
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -52,7 +70,15 @@ def simulate(argv: list[str]) -> int:
     kind: SimulatorKind = args.kind
     try:
         check_loopback(args.host)
-        faults = Faults(delay_ms=args.delay_ms, jitter_ms=args.jitter_ms, fail_rate=args.fail_rate)
+        faults = Faults(
+            delay_ms=args.delay_ms,
+            jitter_ms=args.jitter_ms,
+            fail_rate=args.fail_rate,
+            status=args.status,
+            status_times=args.status_times,
+            status_rate=args.status_rate,
+            retry_after=args.retry_after,
+        )
         app = create_simulator_app(kind, corpus=args.corpus, faults=faults, seed=args.seed)
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)

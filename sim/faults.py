@@ -15,7 +15,12 @@ class Faults:
     Attributes:
         delay_ms: added before every answer.
         jitter_ms: up to this much more, uniform, from the seeded RNG.
-        status: answer every request with this status and an MLflow-2-style JSON error.
+        status: answer every request with this status and an MLflow-2-style JSON error
+            (narrowed by `status_times` and `status_rate`).
+        status_times: answer only the next this many requests with `status`, then serve
+            (counted from when the faults were set); null: every request.
+        status_rate: this share of requests (seeded) is answered with `status`.
+        retry_after: the `Retry-After` header value of the `status` answers, if any.
         fail_rate: this share of requests (seeded) is answered 500.
         malformed: answer 200 with a body that is not JSON.
         drop: close the connection without any HTTP response (real sockets only: it relies
@@ -25,6 +30,9 @@ class Faults:
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     status: int | None = None
+    status_times: int | None = None
+    status_rate: float = 1.0
+    retry_after: str | None = None
     fail_rate: float = 0.0
     malformed: bool = False
     drop: bool = False
@@ -38,6 +46,14 @@ class Faults:
             raise ValueError("fail_rate must be between 0 and 1")
         if self.status is not None and not 100 <= self.status <= 599:
             raise ValueError("status must be an HTTP status code (100-599) or null")
+        if self.status_times is not None and self.status_times < 0:
+            raise ValueError("status_times must be an integer >= 0 or null")
+        if not 0.0 <= self.status_rate <= 1.0:
+            raise ValueError("status_rate must be between 0 and 1")
+        if self.retry_after is not None and (
+            not self.retry_after.isprintable() or not self.retry_after.isascii()
+        ):
+            raise ValueError("retry_after must be printable ASCII (a header value)")
 
     @classmethod
     def from_json(cls, data: Any) -> Faults:
@@ -52,7 +68,7 @@ class Faults:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown fields: {', '.join(unknown)}")
-        for name in ("delay_ms", "jitter_ms", "fail_rate"):
+        for name in ("delay_ms", "jitter_ms", "fail_rate", "status_rate"):
             value = data.get(name, 0.0)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a number")
@@ -62,10 +78,19 @@ class Faults:
         status = data.get("status")
         if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
             raise ValueError("status must be an integer or null")
+        times = data.get("status_times")
+        if times is not None and (isinstance(times, bool) or not isinstance(times, int)):
+            raise ValueError("status_times must be an integer or null")
+        retry_after = data.get("retry_after")
+        if retry_after is not None and not isinstance(retry_after, str):
+            raise ValueError("retry_after must be a string or null")
         return cls(
             delay_ms=float(data.get("delay_ms", 0.0)),
             jitter_ms=float(data.get("jitter_ms", 0.0)),
             status=status,
+            status_times=times,
+            status_rate=float(data.get("status_rate", 1.0)),
+            retry_after=retry_after,
             fail_rate=float(data.get("fail_rate", 0.0)),
             malformed=data.get("malformed", False),
             drop=data.get("drop", False),

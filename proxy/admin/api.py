@@ -12,6 +12,12 @@ an `AdminError` raised for the app's one error renderer, never a reply built her
     GET  /admin/models/{model}/history      the audit log of one model, newest first
     GET  /admin/audit                       the audit log of every model
 
+A change that raises a model's serverless weight (`PUT` with a higher
+`serverless_percent`, or `promote`) first sends the model's `rollout.probe`, when it has
+one: on failure it is refused with 409 `probe_failed` and the probe's note, unless the
+body says `"force": true`; the reply's `probe` says how the probe went and whether the
+change was forced. Lowering a weight, pausing and rolling back never probe.
+
 Every view says `persisted`: whether the store holds what this replica serves. A rollback
 or pause takes effect here even while the state store is out: it answers 202 with
 `"persisted": false` then, and is stored when the store is back. Any other change, and the
@@ -33,6 +39,7 @@ from proxy.admin.views import model_view
 from proxy.asgi import ALL_METHODS
 from proxy.cutover import Cutover
 from proxy.cutover.commands import ChangeError, parse_change
+from proxy.cutover.rollout import next_step
 from proxy.cutover.store import StateError
 from proxy.cutover.table import UnknownModelError
 from proxy.errors import JSON, AdminError
@@ -94,6 +101,36 @@ async def _change(coro: Any) -> Any:
         raise AdminError(503, "state_unavailable", str(exc)) from None
 
 
+def _force(data: Any) -> tuple[Any, bool]:
+    """The body without its `force` flag, and the flag (a JSON boolean, default false)."""
+    if not isinstance(data, dict) or "force" not in data:
+        return data, False
+    rest = {k: v for k, v in data.items() if k != "force"}
+    force = data["force"]
+    if not isinstance(force, bool):
+        raise AdminError(400, "bad_request", "force must be true or false")
+    return rest, force
+
+
+async def _probe_first(cutover: Cutover, name: str, target: float | None, force: bool) -> Any:
+    """Before the weight goes up to `target`, the model's probe: its result for the reply
+    (None: nothing to probe), or a 409 when it failed and the change is not forced."""
+    current = cutover.weight(name)
+    if target is None or target <= current:
+        return None
+    result = await _change(cutover.probe(name))
+    if result is None:
+        return None
+    if not result.ok and not force:
+        raise AdminError(
+            409,
+            "probe_failed",
+            f"{result.note}; {name} stays at {current:g}% "
+            '(send "force": true, or --force, to raise it anyway)',
+        )
+    return {**result.to_json(), "forced": not result.ok}
+
+
 async def list_models(request: Request) -> Response:
     require_admin(request)
     _method(request, "GET")
@@ -108,14 +145,19 @@ async def model(request: Request) -> Response:
     _method(request, "GET", "PUT")
     runtime = _runtime(request)
     name = _model_name(runtime.cutover, request)
+    probe = None
     if request.method == "PUT":
-        data = await _body(request)
+        data, force = _force(await _body(request))
         try:
             change = parse_change(data)
         except ChangeError as exc:
             raise AdminError(400, "bad_change", str(exc)) from None
+        probe = await _probe_first(runtime.cutover, name, change.serverless_percent, force)
         await _change(runtime.cutover.set_weights(name, change, actor))
-    return _json(model_view(runtime, name, mismatches=True))
+    view = model_view(runtime, name, mismatches=True)
+    if probe is not None:
+        view["probe"] = probe
+    return _json(view)
 
 
 async def move(request: Request) -> Response:
@@ -128,6 +170,8 @@ async def move(request: Request) -> Response:
     if not isinstance(data, dict):
         raise AdminError(400, "bad_request", "the body must be a JSON object")
     allowed = {"reason", "to"} if action == "rollback" else {"reason"}
+    if action == "promote":
+        allowed.add("force")
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise AdminError(400, "bad_request", f"unknown field: {unknown[0]}")
@@ -135,14 +179,22 @@ async def move(request: Request) -> Response:
     if not isinstance(reason, str):
         raise AdminError(400, "bad_request", "reason must be a string")
     cutover = runtime.cutover
+    probe = None
     if action == "rollback":
         to = data.get("to")
         if to not in (None, "zero", "last_good"):
             raise AdminError(400, "bad_request", "to must be 'zero' or 'last_good'")
         await _change(cutover.rollback(name, actor, reason, to))
     else:
+        if action == "promote":
+            _, force = _force(data)
+            policy = runtime.config.models[name].rollout
+            step = None if policy is None else next_step(policy.steps, cutover.weight(name))
+            probe = await _probe_first(cutover, name, step, force)
         await _change(getattr(cutover, action)(name, actor, reason))
     view = model_view(runtime, name, mismatches=False)
+    if probe is not None:
+        view["probe"] = probe
     return _json(view, 200 if view["persisted"] else 202)
 
 

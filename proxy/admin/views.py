@@ -9,6 +9,7 @@ from typing import Any
 
 from proxy.config.cutover import RolloutConfig
 from proxy.cutover import Cutover
+from proxy.cutover.probe import ProbeResult
 from proxy.cutover.rollout import Action, RolloutState, RolloutStatus, WindowStats, next_step
 from proxy.cutover.table import ModelState
 from proxy.runtime import Runtime
@@ -34,13 +35,27 @@ def cutover_view(cutover: Cutover, name: str) -> dict[str, Any]:
         "rollout": None,
     }
     if policy is not None:
-        out["rollout"] = rollout_view(policy, state, cutover.last_action(name))
+        out["rollout"] = rollout_view(
+            policy,
+            state,
+            cutover.last_action(name),
+            cutover.last_probe(name),
+            probing=cutover.probing(name),
+        )
     out["window"] = window_view(cutover.window(name))
     return out
 
 
-def rollout_view(policy: RolloutConfig, state: ModelState, action: Action | None) -> dict[str, Any]:
-    """Where the model's rollout is, its policy, and the last gate evaluation."""
+def rollout_view(
+    policy: RolloutConfig,
+    state: ModelState,
+    action: Action | None,
+    probe: ProbeResult | None = None,
+    *,
+    probing: bool = False,
+) -> dict[str, Any]:
+    """Where the model's rollout is, its policy, the last gate evaluation, and the last
+    readiness probe (`probe`: null until one was sent; `probing`: one is in flight)."""
     rollout = state.rollout or RolloutState(RolloutStatus.RUNNING, state.changed_at)
     return {
         "status": str(rollout.status),
@@ -51,7 +66,10 @@ def rollout_view(policy: RolloutConfig, state: ModelState, action: Action | None
         "interval_s": policy.interval,
         "window_s": policy.window_s,
         "on_failure": policy.on_failure,
+        "probe_timeout_s": None if policy.probe is None else policy.probe.timeout_s,
         "evaluation": None if action is None else evaluation_view(action),
+        "probe": None if probe is None else probe.to_json(),
+        "probing": probing,
     }
 
 

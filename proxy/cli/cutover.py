@@ -1,14 +1,19 @@
 """The cutover commands of the CLI, talking to a running proxy's admin API over HTTP.
 
     serving-proxy status [MODEL] [--json]
-    serving-proxy cutover MODEL [PERCENT] [--shadow PERCENT] [--reason TEXT]
-    serving-proxy promote|pause|resume MODEL [--reason TEXT]
+    serving-proxy cutover MODEL [PERCENT] [--shadow PERCENT] [--reason TEXT] [--force]
+    serving-proxy promote MODEL [--reason TEXT] [--force]
+    serving-proxy pause|resume MODEL [--reason TEXT]
     serving-proxy rollback MODEL [--to zero|last_good] [--reason TEXT]
     serving-proxy history MODEL [--limit N]
 
 The proxy is `--url` (default `$SERVING_PROXY_URL`, else http://127.0.0.1:8080); the token
 is `$SERVING_PROXY_ADMIN_TOKEN`, never a flag, so it stays out of shell history and `ps`.
 httpx is the control-plane client (the hot path has its own: proxy/upstream/http1.py).
+
+Raising a weight by hand (`cutover` upwards, `promote`) of a model with `rollout.probe`
+runs the probe first: its result is printed, and a failure refuses the change (exit 1,
+the probe's note on stderr) unless `--force`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ def _percent(text: str) -> float:
     return value
 
 
+FORCE_HELP = "raise the weight even if the model's readiness probe fails"
+
+
 def add_admin_commands(sub: Any) -> None:
     """Add the cutover subcommands to the `serving-proxy` parser's subparsers."""
 
@@ -44,7 +52,13 @@ def add_admin_commands(sub: Any) -> None:
             default=None,
             help=f"the proxy's base URL (default: ${URL_ENV}, else {DEFAULT_URL})",
         )
-        parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=None,
+            help=f"seconds to wait for the proxy (default {DEFAULT_TIMEOUT_S:g}; a change "
+            "that runs the model's readiness probe also waits for the probe's timeout_s)",
+        )
         parser.set_defaults(func=run_admin_command)
 
     status = sub.add_parser("status", help="show every model's weights, rollout and parity")
@@ -58,6 +72,7 @@ def add_admin_commands(sub: Any) -> None:
     cutover.add_argument("percent", nargs="?", type=_percent, help="serverless_percent 0..100")
     cutover.add_argument("--shadow", type=_percent, help="shadow_percent 0..100")
     cutover.add_argument("--reason", default="", help="recorded in the audit log")
+    cutover.add_argument("--force", action="store_true", help=FORCE_HELP)
     common(cutover)
     cutover.set_defaults(admin="cutover")
 
@@ -72,6 +87,8 @@ def add_admin_commands(sub: Any) -> None:
         parser.add_argument("--reason", default="", help="recorded in the audit log")
         if move == "rollback":
             parser.add_argument("--to", choices=("zero", "last_good"), default=None)
+        if move == "promote":
+            parser.add_argument("--force", action="store_true", help=FORCE_HELP)
         common(parser)
         parser.set_defaults(admin=move)
 
@@ -134,6 +151,25 @@ def print_status(views: list[Mapping[str, Any]], out: TextIO) -> None:
         print("  ".join([*cells, row[5]]).rstrip(), file=out)
 
 
+def probe_line(probe: Mapping[str, Any]) -> str:
+    """What a change that ran the readiness probe says about it."""
+    note = str(probe["note"])
+    return f"{note}; raised anyway (--force)" if probe.get("forced") else note
+
+
+def probe_wait(client: AdminClient, args: argparse.Namespace) -> AdminClient:
+    """The client for a change that may run the model's readiness probe: the proxy answers
+    once the probe has, so without `--timeout` it waits for the probe's `timeout_s` too
+    (otherwise the CLI would give up on a slow probe while the change still goes ahead)."""
+    if args.timeout is not None:
+        return client
+    rollout = _call(client, "GET", f"/admin/models/{args.model}").get("rollout") or {}
+    probe_s = rollout.get("probe_timeout_s")
+    if not isinstance(probe_s, int | float):
+        return client
+    return AdminClient(client.base_url, client.token, client.timeout + probe_s)
+
+
 def print_history(data: Mapping[str, Any], out: TextIO) -> None:
     for entry in data["history"]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
@@ -157,7 +193,9 @@ def run_admin_command(
     env = os.environ if environ is None else environ
     stream = sys.stdout if out is None else out
     command: str = args.admin
-    client = AdminClient.from_environment(args.url, env, args.timeout)
+    client = AdminClient.from_environment(
+        args.url, env, DEFAULT_TIMEOUT_S if args.timeout is None else args.timeout
+    )
     try:
         if command == "status":
             if args.model:
@@ -179,6 +217,10 @@ def run_admin_command(
                 raise CliError("give PERCENT and/or --shadow PERCENT", 2)
             if args.reason:
                 body["reason"] = args.reason
+            if args.force:
+                body["force"] = True
+            if args.percent is not None:
+                client = probe_wait(client, args)
             view = _call(client, "PUT", f"/admin/models/{args.model}", body)
         elif command == "history":
             data = _call(client, "GET", f"/admin/models/{args.model}/history?limit={args.limit}")
@@ -188,7 +230,13 @@ def run_admin_command(
             body = {"reason": args.reason} if args.reason else {}
             if command == "rollback" and args.to:
                 body["to"] = args.to
+            if command == "promote":
+                client = probe_wait(client, args)
+                if args.force:
+                    body["force"] = True
             view = _call(client, "POST", f"/admin/models/{args.model}/{command}", body)
+        if view.get("probe"):
+            print(probe_line(view["probe"]), file=stream)
         print_status([view], stream)
         if view.get("persisted") is False:
             print(f"{command} {args.model}: {NOT_PERSISTED}", file=stream)

@@ -19,6 +19,7 @@ from typing import Any
 from proxy import __version__
 from proxy.cli.cutover import add_admin_commands
 from proxy.cli.report import add_report_arguments, run_report
+from proxy.cli.verify import add_verify_arguments, run_verify
 from proxy.telemetry.accesslog import configure_logging
 
 CONFIG_ENV = "SERVING_PROXY_CONFIG"
@@ -87,6 +88,11 @@ EXTERNAL_COMMANDS = {
     "simulate": ("sim.cli", "simulate", "run a legacy or serverless scoring simulator"),
     "demo": ("sim.cli", "demo", "run the end-to-end demo on loopback"),
     "loadtest": ("loadtests.cli", "main", "load-test legacy or serverless endpoints with locust"),
+    "pairs-from-corpus": (
+        "sim.pairs",
+        "main",
+        "turn the recorded corpus' 1.x cases into pairs for `verify`",
+    ),
 }
 
 
@@ -138,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_report_arguments(report)
     report.set_defaults(func=run_report)
+
+    verify = sub.add_parser(
+        "verify",
+        help="send recorded legacy requests through the translation to a model's endpoint "
+        "and compare its answers with the recorded ones",
+    )
+    add_verify_arguments(verify, CONFIG_ENV)
+    verify.set_defaults(func=run_verify)
 
     # Cutover control of a running proxy through its admin API.
     add_admin_commands(sub)

@@ -8,6 +8,7 @@ One module per job; `Cutover` only wires them together for the app:
 - `commands`: compare-and-set changes through the store, and their audit log;
 - `sync`: following the store (the poll loop), so every replica sees every change;
 - `controller` and `window`: the rollout controller and the gate window it judges;
+- `probe`: the readiness probe's result and whether a step up may go ahead;
 - `rollout`: the pure gates; `store`: the SQLite / Redis compare-and-set store.
 """
 
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 from proxy.config import ProxyConfig
 from proxy.cutover.commands import ChangeError, Commands
 from proxy.cutover.controller import Controller
+from proxy.cutover.probe import Probe
 from proxy.cutover.redisstore import RedisStore
 from proxy.cutover.store import MEMORY, SqliteStore, StateError, StateStore
 from proxy.cutover.sync import DEFAULT_POLL_S, StoreSync
@@ -46,6 +48,8 @@ class Cutover:
         clock: wall time (epoch seconds); the rollout interval is measured with it.
         rng: draws for requests without a client key, and shadow draws.
         poll_s: how often the store is polled and the rollout gates are evaluated.
+        probe: sends a model's `rollout.probe` before a step up (the app's, through the
+            translating path); None: a model with a probe never steps up by itself.
 
     The hot path calls `decide` and `count_call` (and the shadow `count_parity`); they are
     the parts' own bound methods, so the facade adds no call to a request.
@@ -59,6 +63,7 @@ class Cutover:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         poll_s: float = DEFAULT_POLL_S,
+        probe: Probe | None = None,
     ) -> None:
         self.config = config
         self.store = store if store is not None else open_store(config.state, _password(config))
@@ -66,7 +71,7 @@ class Cutover:
         self.live = LiveTable(config, clock(), rng or random.Random())
         self.sync = StoreSync(self.live, self.store, self._changed, poll_s)
         self.commands = Commands(self.live, self.store, self.sync, self._changed, clock)
-        self.controller = Controller(self.live, self.commands, clock)
+        self.controller = Controller(self.live, self.commands, clock, probe)
         self._tasks = TaskSet()
 
         self.decide = self.live.decide
@@ -88,6 +93,10 @@ class Cutover:
         self.rollout_status = self.live.rollout_status
         self.window = self.controller.window
         self.last_action = self.controller.last_action
+        self.probe = self.controller.probe
+        self.last_probe = self.controller.last_probe
+        self.probing = self.controller.probing
+        self.on_probe = self.controller.on_probe
 
     @property
     def table(self) -> RoutingTable:
@@ -130,6 +139,7 @@ class Cutover:
 
     async def aclose(self) -> None:
         await self._tasks.aclose()
+        await self.controller.aclose()
         await self.store.aclose()
 
     def _changed(self, name: str, old: ModelState, new: ModelState, action: str) -> None:

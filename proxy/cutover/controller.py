@@ -4,6 +4,11 @@ The window holds what this process saw at the model's current weight (`window.Wi
 each tick judges it with the pure gates of `rollout` and applies what they call for
 through `commands`. Any process may roll back; advancing is compare-and-set on the state
 it judged, so when several replicas tick at once a step happens once.
+
+With `rollout.probe`, a step up first sends the readiness probe (`probe`): in a task of
+its own, so a slow endpoint never delays the tick (which also follows the store and rolls
+back); the step is applied when the probe answers as expected and the gates still call
+for it on the state that was probed. A failed probe holds the step and says why.
 """
 
 from __future__ import annotations
@@ -15,16 +20,20 @@ from dataclasses import replace
 from proxy.config.cutover import RolloutConfig
 from proxy.cutover.commands import Commands, to_state
 from proxy.cutover.deferred import Deferred
+from proxy.cutover.probe import Probe, ProbeResult, before_step, retry_after_s
 from proxy.cutover.rollout import Action, RolloutState, RolloutStatus, WindowStats, evaluate
 from proxy.cutover.store import StateError
 from proxy.cutover.table import LiveTable, ModelState
 from proxy.cutover.window import Window, is_error
 from proxy.models import Backend
+from proxy.tasks import TaskSet
 
 LOGGER = logging.getLogger("serving_proxy.cutover")
 ROLLOUT_ACTOR = "rollout"
 # The span `window()` reports for a model without a rollout (it has no gates to judge).
 DEFAULT_WINDOW_S = 60.0
+# Told (model, result) after every probe sent, by the rollout or by an admin change.
+ProbeListener = Callable[[str, ProbeResult], None]
 
 
 class Controller:
@@ -34,14 +43,27 @@ class Controller:
         table: the models' current states (read only).
         commands: how a step or rollback is written.
         clock: wall time (epoch seconds); samples and the rollout interval use it.
+        probe: sends a model's `rollout.probe` (the app's, through the translating path);
+            None: a model with a probe never steps up (there is no way to probe it).
     """
 
-    def __init__(self, table: LiveTable, commands: Commands, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        table: LiveTable,
+        commands: Commands,
+        clock: Callable[[], float],
+        probe: Probe | None = None,
+    ) -> None:
         self.table = table
         self.commands = commands
         self.clock = clock
+        self.on_probe: list[ProbeListener] = []
+        self._probe = probe
         self._windows = {name: Window() for name in table.config.models}
         self._actions: dict[str, Action] = {}
+        self._probes: dict[str, ProbeResult] = {}
+        self._probing: set[str] = set()
+        self._tasks = TaskSet()
 
     def count_call(self, model: str, backend: Backend, status: int, seconds: float) -> None:
         """Count one finished call to a backend (primary or shadow) in the model's window."""
@@ -76,6 +98,48 @@ class Controller:
         """The last gate evaluation (why it holds, waits or moved)."""
         return self._actions.get(model)
 
+    def last_probe(self, model: str) -> ProbeResult | None:
+        """The model's last probe result, by the rollout or an admin change."""
+        return self._probes.get(model)
+
+    def probing(self, model: str) -> bool:
+        """Whether the rollout's probe of the model is in flight."""
+        return model in self._probing
+
+    async def probe(self, model: str) -> ProbeResult | None:
+        """Send the model's `rollout.probe` now (an admin change raising the weight asks
+        for it); remembered and counted as the rollout's are. None: no probe configured.
+
+        Raises:
+            UnknownModelError: the config serves no such model.
+        """
+        self.table.state(model)
+        policy = self.table.config.models[model].rollout
+        if policy is None or policy.probe is None:
+            return None
+        return await self._send(model, policy)
+
+    async def _send(self, model: str, policy: RolloutConfig) -> ProbeResult:
+        assert policy.probe is not None
+        if self._probe is None:
+            raise RuntimeError("a probe is configured but this cutover has no way to send it")
+        result = await self._probe(model, policy.probe)
+        self._probes[model] = result
+        if not result.ok:
+            # The status or the kind only: the note's detail may quote the endpoint's answer.
+            why = result.status if result.kind == "answered" else result.kind
+            LOGGER.warning("%s: readiness probe failed (%s)", model, why)
+        for listener in self.on_probe:
+            try:
+                listener(model, result)
+            except Exception:
+                LOGGER.exception("probe listener failed")
+        return result
+
+    async def aclose(self) -> None:
+        """Stop the probes in flight."""
+        await self._tasks.aclose()
+
     async def tick(self) -> None:
         """Evaluate every model's rollout gates once and apply what they call for.
 
@@ -97,12 +161,17 @@ class Controller:
         if failed is not None:
             raise failed
 
-    async def _judge(self, name: str, policy: RolloutConfig) -> None:
+    async def _judge(
+        self, name: str, policy: RolloutConfig, probed: ModelState | None = None
+    ) -> None:
+        """`probed`: the state a probe that answered as expected was sent for."""
         now = self.clock()
         state = self.table.state(name)
         rollout = state.rollout or RolloutState(RolloutStatus.RUNNING, state.changed_at)
         window = self._windows[name].summary(now, policy.window_s)
         action = evaluate(policy, state.serverless_percent, rollout, window, now)
+        if action.kind == "advance" and policy.probe is not None and probed != state:
+            action = self._before_step(name, policy, state, action, now)
         self._actions[name] = action
         if action.kind in ("advance", "rollback"):
             await self._move(name, state, action, now)
@@ -116,6 +185,37 @@ class Controller:
             await self.commands.apply(
                 name, to_state(done, action.reason), ROLLOUT_ACTOR, "done", state
             )
+
+    def _before_step(
+        self, name: str, policy: RolloutConfig, state: ModelState, action: Action, now: float
+    ) -> Action:
+        """A step up the gates call for becomes a hold until a probe answers for it."""
+        assert action.percent is not None
+        if self._probe is None:
+            return replace(action, kind="hold", reason="a probe is configured but cannot be sent")
+        decision = before_step(
+            action.percent,
+            self._probes.get(name),
+            name in self._probing,
+            now,
+            retry_after_s(policy.interval),
+        )
+        if decision.kind == "probe":
+            self._probing.add(name)
+            self._tasks.spawn(self._probe_step(name, policy, state), name=f"probe-{name}")
+        return replace(action, kind="hold", reason=decision.reason, percent=None)
+
+    async def _probe_step(self, name: str, policy: RolloutConfig, state: ModelState) -> None:
+        """Probe for a step from `state`, then judge again: on success the step goes ahead
+        if the gates still call for it and nothing moved meanwhile (compare-and-set)."""
+        try:
+            result = await self._send(name, policy)
+        finally:
+            self._probing.discard(name)
+        try:
+            await self._judge(name, policy, probed=state if result.ok else None)
+        except StateError as exc:
+            LOGGER.warning("%s: the step after a good probe was not stored: %s", name, exc)
 
     async def _move(self, name: str, state: ModelState, action: Action, now: float) -> None:
         assert action.percent is not None

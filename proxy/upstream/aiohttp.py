@@ -28,13 +28,25 @@ from proxy.upstream.egress import egress_proxy
 
 URL_CACHE_SIZE = 512
 
-# Every aiohttp timeout is also a ClientConnectionError and an OSError, so it stands first.
+
+def _not_sent() -> UpstreamConnectError:
+    """A failure while connecting: nothing of the request was written (safe to retry)."""
+    return UpstreamConnectError(sent=False)
+
+
+# Every aiohttp timeout is also a ClientConnectionError and an OSError, so it stands first;
+# a connect timeout (`timeout.connect` spent) before the other timeouts, since nothing
+# was written yet.
 AIOHTTP_ERRORS: ErrorTable = (
+    (aiohttp.ConnectionTimeoutError, _not_sent),
     (asyncio.TimeoutError, UpstreamTimeout),
     # A refusal by the egress proxy (407, 403, 502): the model was never reached.
-    (aiohttp.ClientHttpProxyError, UpstreamConnectError),
+    (aiohttp.ClientHttpProxyError, _not_sent),
     (aiohttp.ClientPayloadError, UpstreamProtocolError),
     (aiohttp.ClientResponseError, UpstreamProtocolError),
+    # Refused, unreachable, DNS, TLS handshake: the connection never opened.
+    (aiohttp.ClientConnectorError, _not_sent),
+    # Any other (a server that disconnected mid-exchange): it may have read the request.
     (aiohttp.ClientConnectionError, UpstreamConnectError),
     (aiohttp.ClientError, UpstreamProtocolError),
 )

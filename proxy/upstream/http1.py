@@ -24,7 +24,10 @@ What this client does, and what it deliberately does not:
   have read it and run the model: a connection that closes without an answer is an
   error. Only a request that never reached the connection is tried on another one.
   `retry_after_write` lets a backend whose calls are safe to repeat have one more try,
-  on another connection, when a reused connection closes before any reply byte;
+  on another connection, when a reused connection closes before any reply byte. A
+  connection failure says whether any of the request was written
+  (`UpstreamConnectError.sent`): refused, reset or timed out while connecting, it was
+  not, and the caller's retry rules (`proxy.resilience`) may send it again;
 - replies framed by Content-Length, chunked, or the end of the connection (a clean close
   only; a reset cuts it short); 1xx interim replies are skipped; HEAD, 204 and 304
   replies carry no body. Bytes after a reply retire the connection (`connection`);
@@ -111,11 +114,14 @@ class HttptoolsUpstream:
         except ConnectionClosed as exc:
             if exc.received:
                 raise UpstreamProtocolError("upstream closed the connection mid-reply") from exc
-            raise UpstreamConnectError() from exc
+            raise UpstreamConnectError(sent=exc.written) from exc
         except httptools.HttpParserError as exc:
             raise UpstreamProtocolError() from exc
-        except OSError as exc:  # refused, reset, unreachable, TLS failures, proxy refusals
-            raise UpstreamConnectError() from exc
+        except OSError as exc:
+            # Refused, reset, unreachable, TLS failures, proxy refusals: all while opening
+            # a connection (`_open`), before any byte of the request was written; a
+            # connection lost later ends its exchange as `ConnectionClosed`.
+            raise UpstreamConnectError(sent=False) from exc
         status, reply_headers, payload = conn.status, conn.headers, b"".join(conn.body)
         self._release(conn)
         if self.settings.decompress and content_coding(reply_headers) is not None:
@@ -256,9 +262,14 @@ class HttptoolsUpstream:
             return made[-1]
 
         raw: asyncio.Transport | None = None
+        left = max(0.0, deadline - loop.time())
+        timeout = min(self.settings.connect_timeout_s, left)
+        # `timeout.connect` spent is a connection failure before anything was written (UF,
+        # safe to retry); the request's own deadline spent meanwhile is still a timeout (UT).
+        connect_bound = timeout < left
+        connecting = asyncio.timeout(timeout)
         try:
-            timeout = min(self.settings.connect_timeout_s, max(0.0, deadline - loop.time()))
-            async with asyncio.timeout(timeout):
+            async with connecting:
                 if self._proxy is None:
                     await loop.create_connection(
                         protocol,
@@ -276,7 +287,7 @@ class HttptoolsUpstream:
                     assert tls is not None  # None only for a transport without TLS support
                     # start_tls hands over the new transport without connection_made.
                     conn.connection_made(tls)
-        except BaseException:
+        except BaseException as exc:
             for conn in made:
                 if conn.transport is not None:
                     conn.transport.abort()
@@ -284,6 +295,8 @@ class HttptoolsUpstream:
                 raw.abort()
             # After the sockets' own close callbacks, which were scheduled first.
             loop.call_soon(self._free_slot)
+            if isinstance(exc, TimeoutError) and connect_bound and connecting.expired():
+                raise UpstreamConnectError("connect timed out", sent=False) from exc
             raise
         conn = made[-1]
         conn.counted = True

@@ -15,6 +15,7 @@ from typing import Self
 from proxy.config import ProxyConfig
 from proxy.models import ModelRef
 from proxy.protocol import paths
+from proxy.retrybudget import RetryBudget
 from proxy.upstream.aiohttp import AiohttpUpstream
 from proxy.upstream.base import Upstream, UpstreamSettings
 from proxy.upstream.http1 import HttptoolsUpstream
@@ -41,6 +42,11 @@ class Pools:
     # A pure function of the frozen config, remembered: rendering a path costs more than
     # the look-up, and the same few models take nearly every request.
     _paths: dict[tuple[str, ModelRef], str] = field(default_factory=dict)
+    # The proxy-wide `retry_budget:` of the clients' calls: one per app, like the pools.
+    retry_budget: RetryBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.retry_budget = RetryBudget(self.config.retry_budget)
 
     @classmethod
     def build(cls, config: ProxyConfig, factory: UpstreamFactory | None = None) -> Self:

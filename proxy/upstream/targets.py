@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from proxy.config import ProxyConfig
 from proxy.config.backends import BackendConfig, BackendOverride
 from proxy.models import Backend
+from proxy.resilience import Policy, policy_of
 from proxy.upstream.base import UpstreamSettings
 
 # §1.1: the GA URL shape, for a serverless backend configured without a path.
@@ -28,15 +29,23 @@ class Target:
     path_template: str | None
     # Pass-through replies keep the upstream's Set-Cookie (`backends.*.pass_set_cookie`).
     pass_set_cookie: bool = False
+    # The clients' calls' retries and cold-start hold (`proxy.resilience`); None: neither,
+    # and a call costs nothing extra.
+    retry: Policy | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ModelTargets:
     serverless: Target
     legacy: Target | None
+    # `fallback: legacy`: a legacy client's request the serverless side did not process
+    # may go to `legacy` instead (`exchange.send`).
+    fallback: bool = False
 
 
 def _target(
+    config: ProxyConfig,
+    model: str,
     backend: Backend,
     base: BackendConfig,
     override: BackendOverride | None,
@@ -55,7 +64,10 @@ def _target(
         retry_after_write=base.retry_after_write,
         trust_env=base.trust_env,
     )
-    return Target(backend, settings, path, base.pass_set_cookie)
+    policy = policy_of(
+        config.retry_for(model, backend), config.cold_start_for(model, backend), timeout.total
+    )
+    return Target(backend, settings, path, base.pass_set_cookie, policy)
 
 
 def build_targets(config: ProxyConfig) -> dict[str, ModelTargets]:
@@ -67,8 +79,16 @@ def build_targets(config: ProxyConfig) -> dict[str, ModelTargets]:
     for name, model in config.models.items():
         out[name] = ModelTargets(
             serverless=_target(
-                Backend.SERVERLESS, serverless, model.serverless, DEFAULT_SERVERLESS_PATH
+                config,
+                name,
+                Backend.SERVERLESS,
+                serverless,
+                model.serverless,
+                DEFAULT_SERVERLESS_PATH,
             ),
-            legacy=None if legacy is None else _target(Backend.LEGACY, legacy, model.legacy, None),
+            legacy=None
+            if legacy is None
+            else _target(config, name, Backend.LEGACY, legacy, model.legacy, None),
+            fallback=model.fallback == "legacy" and legacy is not None,
         )
     return out

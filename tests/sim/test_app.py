@@ -133,6 +133,7 @@ async def test_stats_count_requests_and_keep_the_last(connect: Connect) -> None:
         "total": 0,
         "by_path": {},
         "last_request": None,
+        "max_in_flight": 0,
     }
 
 

@@ -36,7 +36,8 @@ def test_every_aiohttp_error_is_mapped(exc_type: type) -> None:
     [
         (TimeoutError(), UpstreamTimeout),
         (aiohttp.ServerTimeoutError(), UpstreamTimeout),
-        (aiohttp.ConnectionTimeoutError(), UpstreamTimeout),
+        # Nothing written yet: a connection failure, safe to retry.
+        (aiohttp.ConnectionTimeoutError(), UpstreamConnectError),
         (aiohttp.ServerDisconnectedError(), UpstreamConnectError),
         (aiohttp.ClientPayloadError(), UpstreamProtocolError),
         (ValueError(), None),
