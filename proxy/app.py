@@ -170,11 +170,7 @@ def follow(hub: Hub, runtime: Runtime) -> None:
         hub.note_rollout(model, "rollback" if action == "rollback" else None)
 
     hub.set_rollout_source(source)
-    metrics = hub.metrics
-    if metrics is not None:
-        cutover.on_probe.append(
-            lambda model, result: metrics.count_probe(model, "ok" if result.ok else "failed")
-        )
+    cutover.on_probe.append(lambda model, result: hub.probe_result(model, result.ok))
     cutover.on_change.append(changed)
     runtime.shadow.on_result.append(hub.shadow_result)
 

@@ -212,6 +212,13 @@ class Hub:
         if self.metrics is not None:
             self.metrics.count_shadow(model, result)
 
+    def probe_result(self, model: str, ok: bool) -> None:
+        """Count one readiness probe of the model's new endpoint (`ok` or `failed`)."""
+        if self.stats is not None:
+            self.stats.add_event(model, "probes_ok" if ok else "probes_failed", self.clock())
+        if self.metrics is not None:
+            self.metrics.count_probe(model, "ok" if ok else "failed")
+
     def set_rollout_source(self, source: RolloutSource) -> None:
         """Read weights and rollout states from the cutover store from now on."""
         self.rollout = source

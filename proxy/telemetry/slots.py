@@ -21,11 +21,20 @@ BACKENDS = ("legacy", "serverless")
 PROXY = "proxy"
 # Shadow comparison results (the `result` label of the parity counter too).
 PARITY_RESULTS = ("match", "mismatch", "error", "dropped")
-# What the endpoint's realities did to requests (README "When the endpoint is slow, cold,
-# rate-limited or gone"), counted per model: retries sent, requests whose retries stopped
-# with attempts left, requests held for a cold start, spilled back to legacy, that waited
-# in the model's queue, and that the queue refused.
-EVENTS = ("retries", "retry_stops", "holds", "spill_backs", "queued", "queue_rejected")
+# What the endpoint's realities did (README "When the endpoint is slow, cold, rate-limited
+# or gone"), counted per model: retries sent, requests whose retries stopped with attempts
+# left, requests held for a cold start, spilled back to legacy, that waited in the model's
+# queue, and that the queue refused; and the readiness probes before rollout steps.
+EVENTS = (
+    "retries",
+    "retry_stops",
+    "holds",
+    "spill_backs",
+    "queued",
+    "queue_rejected",
+    "probes_ok",
+    "probes_failed",
+)
 
 
 def new_histogram(significant_figures: int) -> HdrHistogram:

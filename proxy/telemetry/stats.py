@@ -224,6 +224,12 @@ class Stats:
         slot.parity[(model, result)] = slot.parity.get((model, result), 0) + 1
         self._parity_total[(model, result)] = self._parity_total.get((model, result), 0) + 1
 
+    def add_event(self, model: str, event: str, now: float) -> None:
+        """Count one event of `slots.EVENTS` that is no request's (a readiness probe)."""
+        self._models.add(model)
+        events = self._slot(now).events
+        events[(model, event)] = events.get((model, event), 0) + 1
+
     def note_rollout(self, model: str, now: float, event: str | None = None) -> None:
         """Sample the rollout source now (call on a weight change so the chart shows it)."""
         self._models.add(model)

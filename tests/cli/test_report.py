@@ -58,6 +58,7 @@ def snapshot() -> dict[str, Any]:
             stats.inventory.saw("iris", key, "pandas-split", T0)
     for result in ("match",) * 9 + ("mismatch",):
         stats.add_parity("iris", result, T0)
+    stats.add_event("iris", "probes_ok", T0)
     stats.note_rollout("wine", T0)
     return {"version": "test", **stats.snapshot(T0 + 11)}
 
@@ -79,7 +80,7 @@ def test_table_shows_each_figure() -> None:
     assert "legacy clients: none seen" in text
     assert (
         "endpoint realities: retries 4, retry stops 0, holds 0, spill backs 0, queued 4, "
-        "queue rejected 0" in text
+        "queue rejected 0, probes ok 1, probes failed 0" in text
     )
 
 

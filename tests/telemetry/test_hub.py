@@ -85,6 +85,21 @@ def test_shadow_results_reach_stats_folded_and_metrics_as_they_are() -> None:
     assert sample == 1.0
 
 
+def test_probe_results_reach_the_report_and_the_metrics() -> None:
+    h = hub()
+    h.probe_result("iris", ok=False)
+    h.probe_result("iris", ok=True)
+    assert h.stats is not None
+    assert h.metrics is not None
+    events = h.stats.snapshot(T0)["models"]["iris"]["events"]
+    assert (events["probes_ok"], events["probes_failed"]) == (1, 1)
+    for result in ("ok", "failed"):
+        sample = h.metrics.registry.get_sample_value(
+            "serving_proxy_probe_results_total", {"model": "iris", "result": result}
+        )
+        assert sample == 1.0
+
+
 def test_workers_read_each_others_published_statistics(tmp_path: Path) -> None:
     first, second = hub(tmp_path, metrics=False), hub(tmp_path, metrics=False)
     first.finish(record())  # no event loop: published at once

@@ -243,6 +243,7 @@ def test_retries_holds_spills_and_the_queue_are_counted_in_the_window() -> None:
     rejected.queue, rejected.queued_s = "full", 0.0
     for r in (retried, spilled, rejected, record()):
         stats.add(r, T0)
+    stats.add_event("iris", "probes_failed", T0)  # a readiness probe: no request's
     assert stats.snapshot(T0 + 1)["models"]["iris"]["events"] == {
         "retries": 3,
         "retry_stops": 1,
@@ -250,6 +251,8 @@ def test_retries_holds_spills_and_the_queue_are_counted_in_the_window() -> None:
         "spill_backs": 1,
         "queued": 1,
         "queue_rejected": 1,
+        "probes_ok": 0,
+        "probes_failed": 1,
     }
     later = stats.snapshot(T0 + 40)["models"]["iris"]["events"]  # out of the window
     assert set(later.values()) == {0}
