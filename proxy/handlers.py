@@ -21,10 +21,11 @@ from starlette.types import Receive, Scope
 from proxy import exchange
 from proxy import headers as header_rules
 from proxy.asgi import ReplyResponse, client_host, query_of, raw_path_of, read_body, record_of
+from proxy.cutover import Cutover
 from proxy.errors import JSON, MethodNotAllowed, NoRoute, ProxyError
 from proxy.models import Backend, ModelRef, Reply, V2Request, first_header
 from proxy.protocol import paths
-from proxy.resilience import spill_status
+from proxy.resilience import failure_status
 from proxy.runtime import Runtime
 from proxy.shadow.job import ShadowJob
 from proxy.shadow.mirror import decoded_body
@@ -116,6 +117,18 @@ def _record_answer(runtime: Runtime, inbound: exchange.Inbound, out: Reply) -> N
     )
 
 
+def _count_retried(cutover: Cutover, model: str, primary: Backend, record: ExchangeRecord) -> None:
+    """Each retried serverless attempt is a failure the rollout's error gate must see:
+    counted once per request, a failing endpoint behind retries would give the gates a
+    sample only every few seconds, too few to roll back within their window. With no
+    time of its own (`None`), it does not move the latency gate. A legacy primary's
+    retries are legacy's: no gate counts them (a spill-back's primary is serverless)."""
+    if primary is Backend.LEGACY:
+        return
+    for reason in record.retries:
+        cutover.count_call(model, Backend.SERVERLESS, failure_status(reason), None)
+
+
 async def legacy_invocations(scope: Scope, receive: Receive, name: str, segment: str) -> Reply:
     """`POST /model/<name>/<version-or-stage>/invocations` (§1.2, §4, §5, §6.4).
 
@@ -152,11 +165,13 @@ async def legacy_invocations(scope: Scope, receive: Receive, name: str, segment:
                 on_translated=_record_payload(runtime),
             )
         except ProxyError as exc:
+            _count_retried(cutover, ref.name, primary, record)
             cutover.count_call(ref.name, primary, exc.status_code, time.perf_counter() - t0)
             raise
         # Spilled back to legacy: the gates count the serverless side's failure, not
         # legacy's answer.
-        status = out.status if record.spill is None else spill_status(record.spill)
+        status = out.status if record.spill is None else failure_status(record.spill)
+        _count_retried(cutover, ref.name, primary, record)
         cutover.count_call(ref.name, primary, status, record.upstream_s or time.perf_counter() - t0)
         if record.backend is Backend.LEGACY and runtime.config.recording.answers:
             _record_answer(runtime, inbound, out)

@@ -211,9 +211,9 @@ def spill_reason(reason: str | None, held: int) -> str | None:
     return reason
 
 
-def spill_status(reason: str) -> int:
-    """The status the serverless side's failure counts as, for a spilled request (the
-    rollout's error gate counts 429 and 5xx alike)."""
+def failure_status(reason: str) -> int:
+    """The status a failed serverless attempt counts as in the rollout's gates (a retried
+    attempt, or a spilled request): the error gate counts 429 and 5xx alike."""
     return 429 if reason == "429" else 503
 
 

@@ -24,11 +24,11 @@ from proxy.resilience import (
     Stop,
     backoff,
     error_reason,
+    failure_status,
     next_step,
     parse_retry_after,
     policy_of,
     spill_reason,
-    spill_status,
     status_reason,
 )
 
@@ -257,8 +257,13 @@ def test_spill_reason(reason: str | None, held: int, spill: str | None) -> None:
     assert spill_reason(reason, held) == spill
 
 
-def test_spill_status() -> None:
-    assert [spill_status(r) for r in ("429", "503", "connect", COLD_START)] == [429, 503, 503, 503]
+def test_failure_status() -> None:
+    assert [failure_status(r) for r in ("429", "503", "connect", COLD_START)] == [
+        429,
+        503,
+        503,
+        503,
+    ]
 
 
 def test_policy_of() -> None:

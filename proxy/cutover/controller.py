@@ -65,15 +65,16 @@ class Controller:
         self._probing: set[str] = set()
         self._tasks = TaskSet()
 
-    def count_call(self, model: str, backend: Backend, status: int, seconds: float) -> None:
-        """Count one finished call to a backend (primary or shadow) in the model's window."""
+    def count_call(self, model: str, backend: Backend, status: int, seconds: float | None) -> None:
+        """Count one finished call to a backend (primary or shadow) in the model's window;
+        `seconds` None: an attempt with no latency of its own (a retried one)."""
         window = self._windows.get(model)
         if window is None:
             return
         now = self.clock()
         if backend is Backend.SERVERLESS:
             window.serverless.append((now, not is_error(status), seconds))
-        elif not is_error(status):
+        elif not is_error(status) and seconds is not None:
             window.legacy.append((now, seconds))
 
     def count_parity(self, model: str, matched: bool) -> None:

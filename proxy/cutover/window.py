@@ -29,7 +29,7 @@ class Window:
     """What this process saw of one model since its current weight took effect."""
 
     def __init__(self) -> None:
-        self.serverless: deque[tuple[float, bool, float]] = deque(maxlen=MAX_WINDOW_SAMPLES)
+        self.serverless: deque[tuple[float, bool, float | None]] = deque(maxlen=MAX_WINDOW_SAMPLES)
         self.legacy: deque[tuple[float, float]] = deque(maxlen=MAX_WINDOW_SAMPLES)
         self.parity: deque[tuple[float, bool]] = deque(maxlen=MAX_WINDOW_SAMPLES)
 
@@ -47,7 +47,7 @@ class Window:
         return WindowStats(
             serverless_calls=len(self.serverless),
             serverless_errors=sum(1 for _, ok, _ in self.serverless if not ok),
-            serverless_p99_s=_p99([s for _, _, s in self.serverless]),
+            serverless_p99_s=_p99([s for _, _, s in self.serverless if s is not None]),
             legacy_calls=len(self.legacy),
             legacy_p99_s=_p99([s for _, s in self.legacy]),
             parity_samples=len(self.parity),

@@ -95,3 +95,18 @@ async def test_two_processes_advance_once(make: Factory) -> None:
     assert a.weight("iris") == b.weight("iris") == 25
     actions = [e.action for e in await a.history("iris")]
     assert actions.count("advance") == 1
+
+
+async def test_retried_attempts_count_as_errors_but_not_as_latency(make: Factory) -> None:
+    cutover = await make(rollout_config())
+    # Two slow requests that each failed four attempts before succeeding: eight failures
+    # the error gate sees, and two latencies the latency gate reads.
+    for _ in range(2):
+        for _ in range(4):
+            cutover.count_call("iris", Backend.SERVERLESS, 503, None)
+        cutover.count_call("iris", Backend.SERVERLESS, 200, 2.0)
+    window = cutover.window("iris")
+    assert (window.serverless_calls, window.serverless_errors) == (10, 8)
+    assert window.serverless_p99_s == 2.0
+    await cutover.tick()
+    assert cutover.rollout_status("iris") == "rolled_back"
