@@ -100,7 +100,7 @@ class RedisStore:
     ) -> None:
         import redis.asyncio
         from redis.asyncio.retry import Retry
-        from redis.backoff import ExponentialBackoff
+        from redis.backoff import ExponentialBackoff, NoBackoff
 
         parts = urlsplit(url)
         self.description = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
@@ -111,6 +111,16 @@ class RedisStore:
             socket_timeout=REDIS_TIMEOUT_S,
             socket_connect_timeout=REDIS_TIMEOUT_S,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), REDIS_RETRIES),
+        )
+        # Announcements on a client of their own that never reconnects by itself: a lost
+        # subscription must be seen, so that what was announced meanwhile is read.
+        self._listener = redis.asyncio.Redis.from_url(
+            url,
+            password=password,
+            decode_responses=True,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
         )
         self._prefix = prefix
         self._cas = self._client.register_script(_CAS_SCRIPT)
@@ -272,7 +282,7 @@ class RedisStore:
         subscribes again."""
         loop = asyncio.get_running_loop()
         with self._reached():
-            async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
+            async with self._listener.pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.subscribe(self.channel)
                 heard = loop.time()
                 yield -1
@@ -323,6 +333,7 @@ class RedisStore:
         return [jsoncodec.loads(value) for value in values if value is not None]
 
     async def aclose(self) -> None:
+        await self._listener.aclose()
         await self._client.aclose()
 
 
