@@ -157,7 +157,10 @@ def build_runtime(
     pools = Pools.build(config, upstream_factory)
     credentials = build_credentials(config)
     # The rollout's readiness probe goes the clients' way: these pools and credentials.
-    cutover = Cutover(config, probe=prober(pools, credentials), replica_id=replica_id)
+    # The workers of one replica share its id; in the store (the lease holder, the
+    # heartbeat records) each worker is a member of its own.
+    member = replica_id if config.server.workers == 1 else f"{replica_id}/{os.getpid()}"
+    cutover = Cutover(config, probe=prober(pools, credentials), replica_id=member)
     worker = ShadowWorker(config) if config.shadow.isolation == "process" else None
     shadow = Shadow(
         config.shadow, shadow_call(pools, credentials), tolerances_of(config), worker=worker
