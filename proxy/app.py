@@ -38,6 +38,7 @@ from proxy.admin import api as admin
 from proxy.admin import dashboard
 from proxy.asgi import ALL_METHODS, ReplyResponse, record_of
 from proxy.budget import MemoryBudget, budget_bytes
+from proxy.clientauth import build_client_auth
 from proxy.compare import Comparison, Verdict
 from proxy.config import ProxyConfig
 from proxy.credentials import build_credentials
@@ -171,6 +172,8 @@ def follow(hub: Hub, runtime: Runtime) -> None:
 
     hub.set_rollout_source(source)
     cutover.on_probe.append(lambda model, result: hub.probe_result(model, result.ok))
+    for token in runtime.credentials.refreshing():
+        token.on_fetch.append(hub.token_fetch)
     cutover.on_change.append(changed)
     runtime.shadow.on_result.append(hub.shadow_result)
 
@@ -193,6 +196,8 @@ def create_app(
         registry: the Prometheus registry for this app's collectors (default: a fresh one).
     """
     reporting = Hub.build(config, registry=registry, environ=os.environ)
+    # Built with the app: a tokens file that cannot be read stops start-up here.
+    client_auth = build_client_auth(config)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -219,6 +224,8 @@ def create_app(
             if listener is not None:
                 await listener.aclose()
             await runtime.aclose()
+            if client_auth is not None:
+                await client_auth.aclose()
             if reporting.metrics is not None:
                 Metrics.mark_process_dead(reporting.metrics.multiprocess_dir)
             reporting.close()
@@ -250,6 +257,7 @@ def create_app(
                 client_key=config.client_key,
                 labels=reporting.labels,
                 trusted_proxies=config.server.trusted_proxies,
+                client_auth=client_auth,
             ),
             Middleware(
                 BodyLimitMiddleware,

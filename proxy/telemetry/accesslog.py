@@ -58,8 +58,9 @@ def iso_time(epoch_s: float) -> str:
 def fields(record: ExchangeRecord, now: float | None = None) -> dict[str, Any]:
     """The access-log line of one finished request, as a JSON-ready dict.
 
-    The client appears only as its key, hashed unless the config lets a header value
-    show: an address is personal data, an Authorization value a secret.
+    The client appears as its key, hashed unless the config lets a header value show (an
+    address is personal data, an Authorization value a secret), and as the identity
+    `client_auth` proved, which the operator or the workspace named.
     """
     upstream_s = record.upstream_s
     return {
@@ -68,6 +69,7 @@ def fields(record: ExchangeRecord, now: float | None = None) -> dict[str, Any]:
         "method": record.method,
         "path": record.path,
         "client_key": record.client_key,
+        "identity": record.identity,
         "model": record.model,
         "version": record.version,
         "legacy_format": record.legacy_format,
