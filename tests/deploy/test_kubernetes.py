@@ -4,9 +4,11 @@
 ConfigMap's `proxy.yaml` goes through the proxy's own config loader with only the
 environment the Deployment gives the container; ports, probes, the config path and the user
 are held to the Dockerfile (read with tests/test_dockerfile.py's parser) and to the app's
-real routes; the pod is given longer to stop than the proxy takes to drain; and checkov
-(in `.venv-checkov`, built on first use: its dependencies are not the project's) passes the
-rendered manifests and the Dockerfile with no failed check, a skip only with its reason.
+real routes; the pod is given longer to stop than the proxy takes to drain; the proxy boots
+on that config and answers the probes; the renders match the Kubernetes API's schemas
+(kubernetes-validate, strict); and checkov passes the rendered manifests and the Dockerfile
+with no failed check, a skip only with its reason. checkov and kubernetes-validate live in
+`.venv-checkov`, built on first use (checkov's dependencies are not the project's).
 
 kubectl: the one on PATH or beside the interpreter (scripts/test puts one in `.venv/bin`
 when the machine has none). Missing in CI, these tests fail; elsewhere they skip, saying so.
@@ -48,10 +50,15 @@ SERVICEMONITOR = KUBERNETES / "components" / "servicemonitor"
 MIN_KUSTOMIZE_MAJOR = 4
 KUSTOMIZE_TIMEOUT_S = 60.0
 
-CHECKOV_VENV = ROOT / ".venv-checkov"
-CHECKOV_REQUIREMENTS = ("checkov==3.3.30",)
-CHECKOV_INSTALL_TIMEOUT_S = 600.0
-CHECKOV_TIMEOUT_S = 120.0
+# The manifest checkers, in a venv of their own: checkov's dependencies are not the project's.
+CHECKERS_VENV = ROOT / ".venv-checkov"
+CHECKERS = ("checkov==3.3.30", "kubernetes-validate==1.37.0")
+CHECKERS_INSTALL_TIMEOUT_S = 600.0
+CHECK_TIMEOUT_S = 120.0
+MIN_SKIP_REASON_CHARS = 20
+# The oldest Kubernetes the manifests are written for (the pod security admission era) and
+# the newest whose schemas kubernetes-validate carries.
+SCHEMA_VERSIONS = ("1.25.0", "1.37.0")
 
 PROXY = ("Deployment", "serving-proxy")
 REDIS_SERVICE = "serving-proxy-redis"
@@ -466,7 +473,7 @@ def test_the_configmap_boots_and_answers_the_probes(
     assert proxy.wait(timeout=load(dev).server.graceful_shutdown_s) in (0, -15)
 
 
-# --- checkov -------------------------------------------------------------------------------
+# --- checkov and the API schemas ----------------------------------------------------------
 
 
 def run_checked(argv: list[str], what: str, timeout: float) -> None:
@@ -483,85 +490,122 @@ def run_checked(argv: list[str], what: str, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         pytest.fail(f"{what}: no result after {timeout:.0f} s")
     if result.returncode != 0:
-        pytest.fail(
-            f"{what} failed ({result.returncode}):\n{(result.stdout + result.stderr)[-4000:]}"
-        )
+        output = (result.stdout + result.stderr)[-4000:]
+        pytest.fail(f"{what} failed ({result.returncode}):\n{output}")
 
 
 @pytest.fixture(scope="session")
-def checkov() -> Path:
-    """`.venv-checkov` with CHECKOV_REQUIREMENTS; installed once, then reused by its stamp."""
-    binary = CHECKOV_VENV / "bin" / "checkov"
-    python = CHECKOV_VENV / "bin" / "python"
-    stamp = CHECKOV_VENV / ".serving-proxy-requirements"
-    want = "\n".join(CHECKOV_REQUIREMENTS) + "\n"
-    if binary.exists() and stamp.exists() and stamp.read_text(encoding="utf-8") == want:
-        return binary
+def checkers() -> Path:
+    """`.venv-checkov` with CHECKERS; installed once, then reused by its stamp. Its bin/."""
+    python = CHECKERS_VENV / "bin" / "python"
+    stamp = CHECKERS_VENV / ".serving-proxy-requirements"
+    want = "\n".join(CHECKERS) + "\n"
+    if python.exists() and stamp.exists() and stamp.read_text(encoding="utf-8") == want:
+        return python.parent
     if not python.exists():
         run_checked(
-            [sys.executable, "-m", "venv", str(CHECKOV_VENV)], "creating .venv-checkov", 120
+            [sys.executable, "-m", "venv", str(CHECKERS_VENV)], "creating .venv-checkov", 120
         )
     run_checked(
-        [str(python), "-m", "pip", "install", "--quiet", *CHECKOV_REQUIREMENTS],
-        "installing checkov into .venv-checkov",
-        CHECKOV_INSTALL_TIMEOUT_S,
+        [str(python), "-m", "pip", "install", "--quiet", *CHECKERS],
+        "installing checkov and kubernetes-validate into .venv-checkov",
+        CHECKERS_INSTALL_TIMEOUT_S,
     )
     stamp.write_text(want, encoding="utf-8")
-    return binary
+    return python.parent
 
 
-def checkov_reports(checkov: Path, directory: Path) -> list[dict[str, Any]]:
+def checkov(checkers: Path, directory: Path, *frameworks: str) -> dict[str, dict[str, Any]]:
+    """checkov's JSON report of `directory`, by framework."""
     result = subprocess.run(
         [
-            str(checkov),
+            str(checkers / "checkov"),
             "--directory",
             str(directory),
             "--framework",
-            "kubernetes",
-            "dockerfile",
+            *frameworks,
             "--output",
             "json",
-            # Offline: no guidelines, no policies, no telemetry fetched from the vendor.
+            # Offline: no guidelines, policies or mappings fetched from the vendor.
             "--skip-download",
         ],
         capture_output=True,
         text=True,
-        timeout=CHECKOV_TIMEOUT_S,
+        timeout=CHECK_TIMEOUT_S,
         check=False,
         cwd=directory,
-        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
     )
-    # 0: every check passed; 1: some failed (reported below); anything else: it broke.
+    # 0: every check passed; 1: some failed (asserted on below); anything else: it broke.
     assert result.returncode in (0, 1), result.stderr[-4000:]
     reports = jsoncodec.loads(result.stdout)
-    return reports if isinstance(reports, list) else [reports]
+    reports = reports if isinstance(reports, list) else [reports]
+    assert {r["check_type"] for r in reports} == set(frameworks), result.stdout[-4000:]
+    return {r["check_type"]: r for r in reports}
 
 
-@pytest.mark.timeout(CHECKOV_INSTALL_TIMEOUT_S + CHECKOV_TIMEOUT_S + 60)
-def test_checkov_passes_the_manifests_and_the_dockerfile(
-    checkov: Path,
+def assert_clean(framework: str, report: dict[str, Any]) -> None:
+    summary = report["summary"]
+    results = report["results"]
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
+        for c in results["failed_checks"]
+    ]
+    assert not failed, f"checkov {framework}:\n" + "\n".join(failed)
+    assert summary["parsing_errors"] == 0, f"checkov {framework}: {summary}"
+    assert summary["passed"] > 0, f"checkov {framework} checked nothing: {summary}"
+    # A skip only with its reason, written in the manifest beside it.
+    for skipped in results["skipped_checks"]:
+        reason = skipped["check_result"].get("suppress_comment", "")
+        assert len(reason) > MIN_SKIP_REASON_CHARS, f"{skipped['check_id']}: no reason given"
+
+
+@pytest.mark.timeout(CHECKERS_INSTALL_TIMEOUT_S + CHECK_TIMEOUT_S + 60)
+def test_checkov_passes_the_dockerfile(checkers: Path, tmp_path: Path) -> None:
+    shutil.copyfile(DOCKERFILE, tmp_path / "Dockerfile")
+    assert_clean("dockerfile", checkov(checkers, tmp_path, "dockerfile")["dockerfile"])
+
+
+@pytest.mark.timeout(CHECKERS_INSTALL_TIMEOUT_S + CHECK_TIMEOUT_S + 60)
+def test_checkov_passes_the_rendered_manifests(
+    checkers: Path,
     base: list[dict[str, Any]],
     dev: list[dict[str, Any]],
     monitored: list[dict[str, Any]],
     tmp_path: Path,
 ) -> None:
-    write_docs(tmp_path / "base.yaml", base)
-    write_docs(tmp_path / "dev.yaml", dev)
-    write_docs(tmp_path / "monitored.yaml", monitored)
-    shutil.copyfile(DOCKERFILE, tmp_path / "Dockerfile")
-    reports = {r["check_type"]: r for r in checkov_reports(checkov, tmp_path)}
-    assert set(reports) == {"kubernetes", "dockerfile"}
-    for kind, report in reports.items():
-        summary = report["summary"]
-        failed = [
-            f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
-            for c in report["results"]["failed_checks"]
-        ]
-        assert not failed, f"checkov {kind}:\n" + "\n".join(failed)
-        assert summary["parsing_errors"] == 0, f"checkov {kind}: {summary}"
-        assert summary["passed"] > 0, f"checkov {kind} checked nothing: {summary}"
-        # A skip only with its reason, written in the manifest.
-        for skipped in report["results"]["skipped_checks"]:
-            assert len(skipped.get("check_result", {}).get("suppress_comment", "")) > 20, skipped
-    # Each rendered file's objects were scanned (3 renders of the proxy's Deployment).
-    assert reports["kubernetes"]["summary"]["resource_count"] >= len(base) + len(dev)
+    renders = {"base": base, "dev": dev, "monitored": monitored}
+    for name, docs in renders.items():
+        write_docs(tmp_path / f"{name}.yaml", docs)
+    report = checkov(checkers, tmp_path, "kubernetes")["kubernetes"]
+    assert_clean("kubernetes", report)
+    # Every object of every render was scanned (checkov also counts each container).
+    assert report["summary"]["resource_count"] >= sum(len(docs) for docs in renders.values())
+
+
+@pytest.mark.timeout(CHECKERS_INSTALL_TIMEOUT_S + CHECK_TIMEOUT_S + 60)
+@pytest.mark.parametrize("version", SCHEMA_VERSIONS)
+def test_manifests_match_the_api_schemas(
+    version: str,
+    checkers: Path,
+    base: list[dict[str, Any]],
+    dev: list[dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    # Strict: a misspelt or misplaced field is an error, not something the API server
+    # would drop without a word.
+    files = [write_docs(tmp_path / f"{n}.yaml", d) for n, d in (("base", base), ("dev", dev))]
+    result = subprocess.run(
+        [
+            str(checkers / "kubernetes-validate"),
+            "--strict",
+            "--quiet",
+            "-k",
+            version,
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=CHECK_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
