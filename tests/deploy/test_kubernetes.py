@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from starlette.routing import Route
 
 from proxy import jsoncodec
 from proxy.app import routes
-from proxy.config import ADMIN_TOKEN_ENV, MIN_ADMIN_TOKEN_CHARS, ProxyConfig, parse_config
+from proxy.config import ADMIN_TOKEN_ENV, MIN_ADMIN_TOKEN_CHARS, ProxyConfig, load_config
 from proxy.telemetry.listener import METRICS_PATH
 from tests.integration.proxy_process import ProxyProcess, free_port
 from tests.test_dockerfile import DOCKERFILE, Instruction, one, parse, stages
@@ -206,8 +207,12 @@ def container_environ(docs: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def load(docs: list[dict[str, Any]]) -> ProxyConfig:
-    """The ConfigMap's config through the proxy's own loader, with the container's env."""
-    return parse_config(yaml.safe_load(config_text(docs)), container_environ(docs), "proxy.yaml")
+    """The ConfigMap's config read as `serve` reads it (`load_config`), with only the
+    environment the Deployment gives the container."""
+    with tempfile.TemporaryDirectory() as mount:
+        path = Path(mount) / Path(image_config_path()).name
+        path.write_text(config_text(docs), encoding="utf-8")
+        return load_config(path, container_environ(docs))
 
 
 def port_number(container: dict[str, Any], port: int | str) -> int:
@@ -284,7 +289,7 @@ def test_dev_overlay_adds_redis_namespace_and_a_placeholder_secret(
 @pytest.mark.parametrize("which", ["base", "dev"])
 def test_configmap_loads_with_the_proxys_loader(which: str, request: pytest.FixtureRequest) -> None:
     docs = request.getfixturevalue(which)
-    # parse_config refuses a config that names a variable the container does not have.
+    # load_config refuses a config that names a variable the container does not have.
     config = load(docs)
     assert config.backends.legacy is not None
     assert config.backends.serverless is not None
@@ -468,6 +473,8 @@ def test_the_configmap_boots_and_answers_the_probes(
     scrape = httpx.get(f"http://127.0.0.1:{metrics_port}{METRICS_PATH}", timeout=5)
     assert scrape.status_code == 200
     assert "serving_proxy_" in scrape.text
+    # Only there: the clients' port (the Service's `http`) does not serve the metrics.
+    assert httpx.get(proxy.url + METRICS_PATH, timeout=5).status_code == 404
     # SIGTERM, as the kubelet sends after preStop: the proxy exits well within the grace.
     proxy.terminate()
     assert proxy.wait(timeout=load(dev).server.graceful_shutdown_s) in (0, -15)
