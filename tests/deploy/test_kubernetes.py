@@ -32,7 +32,7 @@ import pytest
 import yaml
 from starlette.routing import Route
 
-from proxy import jsoncodec
+from proxy import __version__, jsoncodec
 from proxy.app import routes
 from proxy.config import ADMIN_TOKEN_ENV, MIN_ADMIN_TOKEN_CHARS, ProxyConfig, load_config
 from proxy.telemetry.listener import METRICS_PATH
@@ -143,6 +143,7 @@ def monitored(kubectl: str, tmp_path_factory: pytest.TempPathFactory) -> list[di
     doc = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
+        "namespace": "serving-proxy",
         "resources": [os.path.relpath(DEV, overlay)],
         "components": [os.path.relpath(SERVICEMONITOR, overlay)],
     }
@@ -268,6 +269,11 @@ def test_base_renders_every_object(base: list[dict[str, Any]]) -> None:
     assert not any(kind in ("ServiceMonitor", "Secret") for kind, _ in kinds)
     assert find(base, *PROXY)["spec"]["replicas"] == 3
     assert {d["metadata"].get("namespace") for d in base} == {"serving-proxy"}
+
+
+def test_base_runs_the_image_of_this_version(base: list[dict[str, Any]]) -> None:
+    # The tag deploy/kubernetes/README.md tells a trial to build: this code's version.
+    assert proxy_container(base)["image"] == f"serving-proxy:{__version__}"
 
 
 def test_dev_overlay_adds_redis_namespace_and_a_placeholder_secret(
@@ -438,6 +444,8 @@ def test_servicemonitor_component_scrapes_the_metrics_port(
 ) -> None:
     monitor = find(monitored, "ServiceMonitor", "serving-proxy")
     service = find(monitored, "Service", "serving-proxy")
+    # A ServiceMonitor selects Services in its own namespace unless told otherwise.
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
     assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
