@@ -190,8 +190,9 @@ def config_text(docs: list[dict[str, Any]]) -> str:
 
 
 def container_environ(docs: list[dict[str, Any]]) -> dict[str, str]:
-    """The environment the Deployment gives the proxy: each Secret reference resolved to a
-    value of the same length as the dev overlay's Secret holds (the base's: a placeholder)."""
+    """The environment the Deployment gives the proxy: each Secret reference resolved from
+    the rendered Secret (the dev overlay's), or, where the render has none (the base: the
+    user creates it), a placeholder as long as an admin token must be."""
     secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
     environ = {}
     for var in proxy_container(docs).get("env", []):
