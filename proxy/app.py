@@ -38,7 +38,6 @@ from proxy.admin import api as admin
 from proxy.admin import dashboard
 from proxy.asgi import ALL_METHODS, ReplyResponse, record_of
 from proxy.budget import MemoryBudget, budget_bytes
-from proxy.compare import Comparison, Verdict
 from proxy.config import ProxyConfig
 from proxy.credentials import build_credentials
 from proxy.cutover import Cutover
@@ -144,14 +143,11 @@ def build_runtime(config: ProxyConfig, upstream_factory: UpstreamFactory | None 
     shadow = Shadow(
         config.shadow, shadow_call(pools, credentials), tolerances_of(config), worker=worker
     )
-    # The rollout gates judge shadow calls as well as the clients' own.
+    # The rollout gates judge shadow calls as well as the clients' own, and the fleet's
+    # window keeps the shadow results and the last mismatches.
     shadow.on_call.append(cutover.count_call)
-
-    def parity(model: str, result: Comparison) -> None:
-        if result.verdict is not Verdict.SHADOW_ERROR:
-            cutover.count_parity(model, result.matched)
-
-    shadow.on_verdict.append(parity)
+    shadow.on_result.append(cutover.count_shadow)
+    shadow.on_mismatch.append(lambda model, kept: cutover.count_mismatch(model, kept.to_json()))
     return Runtime(config, pools, credentials, cutover, shadow)
 
 
