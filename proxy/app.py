@@ -33,12 +33,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from proxy import handlers
+from proxy import handlers, jsoncodec
 from proxy.admin import api as admin
 from proxy.admin import dashboard
 from proxy.asgi import ALL_METHODS, ReplyResponse, record_of
 from proxy.budget import MemoryBudget, budget_bytes
 from proxy.config import ProxyConfig
+from proxy.config.backends import replica_id_of
 from proxy.credentials import build_credentials
 from proxy.cutover import Cutover
 from proxy.cutover.table import ModelState, UnknownModelError
@@ -90,11 +91,13 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: the lifespan has built the upstream pools."""
-    ready = getattr(request.state, "runtime", None) is not None
-    return ReplyResponse(
-        Reply(200, b'{"status":"ready"}') if ready else Reply(503, b'{"status":"starting"}')
-    )
+    """Readiness: the lifespan has built the upstream pools. The detail names the replica
+    that answered."""
+    runtime: Runtime | None = getattr(request.state, "runtime", None)
+    if runtime is None:
+        return ReplyResponse(Reply(503, b'{"status":"starting"}'))
+    detail = {"status": "ready", "replica_id": runtime.replica_id}
+    return ReplyResponse(Reply(200, jsoncodec.dumps(detail)))
 
 
 def routes() -> list[Route]:
@@ -131,14 +134,30 @@ class ProxyApp(Starlette):
         return app
 
 
-def build_runtime(config: ProxyConfig, upstream_factory: UpstreamFactory | None = None) -> Runtime:
+def window_publisher(config: ProxyConfig, replica_id: str) -> str:
+    """The name this process publishes its gate-window slots under: the replica's id, and
+    with several uvicorn workers the worker's pid too (`#` is never part of a replica id),
+    since each worker counts its own traffic."""
+    return replica_id if config.server.workers <= 1 else f"{replica_id}#{os.getpid()}"
+
+
+def build_runtime(
+    config: ProxyConfig,
+    upstream_factory: UpstreamFactory | None = None,
+    replica_id: str | None = None,
+) -> Runtime:
     """Every live object a request reaches, wired together: the pools and credentials for
     the backend calls, the cutover, and the shadow mirror (its worker process started on
-    the first job under `shadow.isolation: process`)."""
+    the first job under `shadow.isolation: process`). `replica_id`: this replica's id
+    (default: resolved from the config and the environment)."""
+    if replica_id is None:
+        replica_id = replica_id_of(config.server, config.listen, os.environ)
     pools = Pools.build(config, upstream_factory)
     credentials = build_credentials(config)
     # The rollout's readiness probe goes the clients' way: these pools and credentials.
-    cutover = Cutover(config, probe=prober(pools, credentials))
+    cutover = Cutover(
+        config, probe=prober(pools, credentials), replica=window_publisher(config, replica_id)
+    )
     worker = ShadowWorker(config) if config.shadow.isolation == "process" else None
     shadow = Shadow(
         config.shadow, shadow_call(pools, credentials), tolerances_of(config), worker=worker
@@ -148,7 +167,7 @@ def build_runtime(config: ProxyConfig, upstream_factory: UpstreamFactory | None 
     shadow.on_call.append(cutover.count_call)
     shadow.on_result.append(cutover.count_shadow)
     shadow.on_mismatch.append(lambda model, kept: cutover.count_mismatch(model, kept.to_json()))
-    return Runtime(config, pools, credentials, cutover, shadow)
+    return Runtime(config, pools, credentials, cutover, shadow, replica_id)
 
 
 def follow(hub: Hub, runtime: Runtime) -> None:
@@ -189,10 +208,12 @@ def create_app(
         registry: the Prometheus registry for this app's collectors (default: a fresh one).
     """
     reporting = Hub.build(config, registry=registry, environ=os.environ)
+    # Resolved once: the runtime owns it; the access log below names the same value.
+    replica_id = replica_id_of(config.server, config.listen, os.environ)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        runtime = build_runtime(config, upstream_factory)
+        runtime = build_runtime(config, upstream_factory, replica_id)
         metrics = reporting.metrics
         if metrics is not None and not metrics.follow_in_flight(lambda: runtime.in_flight):
             runtime.on_in_flight = reporting.in_flight
@@ -220,7 +241,7 @@ def create_app(
             reporting.close()
 
     def access_log(record: ExchangeRecord) -> None:
-        accesslog.emit(record, enabled=config.logging.access_log)
+        accesslog.emit(record, enabled=config.logging.access_log, replica_id=replica_id)
 
     sink = on_complete or access_log
 
