@@ -67,11 +67,12 @@ def p99_s(histogram: HdrHistogram | None) -> float | None:
 @dataclass(frozen=True, slots=True)
 class Epoch:
     """The weight in force and when this replica first saw it stored (`changed_at`);
-    `floor`: the `since` of the replica's previous epoch (-inf: none seen)."""
+    `floor`: the `since` of the replica's previous epoch (-inf: none seen), the reader's
+    own (never published, not part of the epoch's identity)."""
 
     weight: float
     since: float
-    floor: float = -math.inf
+    floor: float = field(default=-math.inf, compare=False)
 
     @property
     def key(self) -> str:
