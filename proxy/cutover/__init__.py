@@ -83,7 +83,7 @@ class Cutover:
         self._tasks = TaskSet()
 
         self.decide = self.live.decide
-        self.count_call = self.controller.count_call
+        self.count_call = self.windows.count_call
         self.count_shadow = self.windows.count_shadow
         self.count_mismatch = self.windows.count_mismatch
 

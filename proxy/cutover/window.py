@@ -115,14 +115,16 @@ class Window:
     def count_call(self, now: float, serverless: bool, status: int, seconds: float | None) -> None:
         """A serverless call counts whatever its status (latency when it has one); a legacy
         one only when it succeeded with a latency (the p99 gate's denominator)."""
-        slot = self.slot(now)
+        slot = self.slots.get(int(now // self.slot_s)) or self.slot(now)
         if serverless:
             slot.serverless_calls += 1
-            if is_error(status):
+            if status >= 500 or status == 429:  # is_error, inline: once per request
                 slot.serverless_errors += 1
             if seconds is not None:
-                slot.serverless.add(seconds)
-        elif not is_error(status) and seconds is not None:
+                pending = slot.serverless.pending
+                value = to_us(seconds)
+                pending[value] = pending.get(value, 0) + 1
+        elif seconds is not None and not is_error(status):
             slot.legacy_calls += 1
             slot.legacy.add(seconds)
 
