@@ -21,6 +21,7 @@ from proxy.cutover.fleet import (
     to_us,
 )
 from proxy.cutover.rollout import WindowStats
+from proxy.cutover.window import bucketed_us
 
 EPOCH = Epoch(25.0, 1000.0, 900.0)
 
@@ -225,3 +226,11 @@ def test_a_record_survives_json() -> None:
     assert back.key == "pod-7|25@1000.000000|100"
     assert back.serverless_latency is not None
     assert back.serverless_latency.get_total_count() == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(latency)
+def test_a_latency_waits_in_the_bucket_the_histogram_would_put_it_in(seconds: float) -> None:
+    hist = new_histogram()
+    value = to_us(seconds)
+    assert bucketed_us(seconds) == hist.get_lowest_equivalent_value(value)
