@@ -197,7 +197,6 @@ def merge(records: Sequence[SlotRecord]) -> WindowStats:
     """Add the records up: counts are summed, latency histograms added before the p99."""
     serverless = legacy = None
     calls = errors = legacy_calls = 0
-    parity = dict.fromkeys(PARITY_KINDS, 0)
     for record in records:
         calls += record.serverless_calls
         errors += record.serverless_errors
@@ -208,8 +207,7 @@ def merge(records: Sequence[SlotRecord]) -> WindowStats:
         if record.legacy_latency is not None:
             legacy = legacy or new_histogram()
             legacy.add(record.legacy_latency)
-        for kind, n in record.parity:
-            parity[kind] = parity.get(kind, 0) + n
+    parity = parity_counts(records)
     return WindowStats(
         serverless_calls=calls,
         serverless_errors=errors,
@@ -222,11 +220,13 @@ def merge(records: Sequence[SlotRecord]) -> WindowStats:
 
 
 def parity_counts(records: Iterable[SlotRecord]) -> dict[str, int]:
-    """The shadow results by kind over the records."""
+    """The shadow results by kind over the records (a kind this version does not know,
+    from a newer replica, is left out)."""
     out = dict.fromkeys(PARITY_KINDS, 0)
     for record in records:
         for kind, n in record.parity:
-            out[kind] = out.get(kind, 0) + n
+            if kind in out:
+                out[kind] += n
     return out
 
 

@@ -234,3 +234,10 @@ def test_a_latency_waits_in_the_bucket_the_histogram_would_put_it_in(seconds: fl
     hist = new_histogram()
     value = to_us(seconds)
     assert bucketed_us(seconds) == hist.get_lowest_equivalent_value(value)
+
+
+def test_a_parity_kind_this_version_does_not_know_is_left_out() -> None:
+    newer = record("b", parity=(("match", 2), ("semantic_mismatch", 3)))
+    fleet = fleet_window([newer], keep=1)
+    assert "semantic_mismatch" not in fleet.parity
+    assert (fleet.stats.parity_samples, fleet.stats.parity_matches) == (2, 2)
