@@ -20,10 +20,12 @@ cannot exist yet.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hdrh.codec import HdrCookieException, HdrHistogramSettingsException, HdrLengthException
 from hdrh.histogram import HdrHistogram
 
 from proxy.cutover.rollout import WindowStats
@@ -136,6 +138,7 @@ class SlotRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SlotRecord:
+        """Raises KeyError, TypeError or ValueError (`BadRecord`) on a record it cannot read."""
         calls, errors, latency = data["serverless"]
         legacy_calls, legacy_latency = data["legacy"]
         return cls(
@@ -160,11 +163,24 @@ def _encode(histogram: HdrHistogram | None) -> str | None:
     return text
 
 
+class BadRecord(ValueError):
+    """A published record this process cannot read (truncated, or another format)."""
+
+
 def _decode(text: str | None) -> HdrHistogram | None:
     if not text:
         return None
     histogram = new_histogram()
-    histogram.decode_and_add(text.encode("ascii"))
+    try:
+        histogram.decode_and_add(text.encode("ascii"))
+    except (
+        ValueError,
+        zlib.error,
+        HdrCookieException,
+        HdrLengthException,
+        HdrHistogramSettingsException,
+    ) as exc:
+        raise BadRecord(f"latency histogram: {exc}") from exc
     return histogram
 
 

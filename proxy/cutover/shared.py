@@ -75,6 +75,7 @@ class SharedWindows:
             self._windows[name] = Window(slot_s, self.keep, self._epoch(table.state(name)))
         # What the other replicas published, by model and key, as last read.
         self._others: dict[str, dict[str, SlotRecord]] = {name: {} for name in config.models}
+        self._unreadable: dict[str, set[str]] = {name: set() for name in config.models}
         self._reached: dict[str, bool] = dict.fromkeys(config.models, True)
         self._publishing_ok = True
 
@@ -158,9 +159,10 @@ class SharedWindows:
         now = self.clock()
         window = self._windows[model]
         cache = self._others[model]
+        unreadable = self._unreadable[model]
         try:
             keys, fresh = await self.store.window_slots(
-                model, now - self.window_s(model) - window.slot_s, cache.keys()
+                model, now - self.window_s(model) - window.slot_s, cache.keys() | unreadable
             )
         except StateError:
             self._reached[model] = False
@@ -170,7 +172,10 @@ class SharedWindows:
             try:
                 kept[key] = SlotRecord.from_json(data)
             except (KeyError, TypeError, ValueError) as exc:
+                # Said once: the key is not fetched again while it is listed.
                 LOGGER.warning("%s: ignoring an unreadable window slot %s: %s", model, key, exc)
+                unreadable.add(key)
+        self._unreadable[model] = unreadable & set(keys)
         self._others[model] = kept
         self._reached[model] = True
         return True

@@ -241,3 +241,11 @@ def test_a_parity_kind_this_version_does_not_know_is_left_out() -> None:
     fleet = fleet_window([newer], keep=1)
     assert "semantic_mismatch" not in fleet.parity
     assert (fleet.stats.parity_samples, fleet.stats.parity_matches) == (2, 2)
+
+
+@pytest.mark.parametrize("histogram_text", ["xx", "SGVsbG8=", "HISTFAAAAB"])
+def test_an_unreadable_histogram_is_a_value_error(histogram_text: str) -> None:
+    data = record("b", calls=1, latencies=(0.1,)).to_json()
+    data["serverless"][2] = histogram_text
+    with pytest.raises(ValueError, match="latency histogram"):
+        SlotRecord.from_json(data)
