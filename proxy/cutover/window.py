@@ -21,7 +21,15 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from proxy.cutover.fleet import Epoch, SlotRecord, in_window, new_histogram, to_us
+from proxy.cutover.fleet import (
+    HIGHEST_US,
+    LOWEST_US,
+    Epoch,
+    SlotRecord,
+    in_window,
+    new_histogram,
+    to_us,
+)
 
 # An HDR histogram keeps this many top bits of a value (its sub-bucket resolution): values
 # wait in `pending` cut to them, so a slot holds a few thousand distinct ones at most.
@@ -57,7 +65,7 @@ class Latencies:
     def histogram(self) -> HdrHistogram | None:
         if self.pending:
             for value, count in self.pending.items():
-                self.hist.record_value(value, count)
+                self.hist.record_value(min(max(value, LOWEST_US), HIGHEST_US), count)
             self.pending.clear()
         return self.hist if self.hist.get_total_count() else None
 
@@ -132,8 +140,12 @@ class Window:
             if status >= 500 or status == 429:  # is_error, inline: once per request
                 slot.serverless_errors += 1
             if seconds is not None:
+                # `bucketed_us`, inline (once per request); clamped when recorded.
+                value = int(seconds * 1e6 + 0.5)
+                shift = value.bit_length() - BUCKET_BITS
+                if shift > 0:
+                    value = value >> shift << shift
                 pending = slot.serverless.pending
-                value = bucketed_us(seconds)
                 pending[value] = pending.get(value, 0) + 1
         elif seconds is not None and not is_error(status):
             slot.legacy_calls += 1

@@ -21,7 +21,7 @@ from proxy.cutover.fleet import (
     to_us,
 )
 from proxy.cutover.rollout import WindowStats
-from proxy.cutover.window import bucketed_us
+from proxy.cutover.window import Window, bucketed_us
 
 EPOCH = Epoch(25.0, 1000.0, 900.0)
 
@@ -249,3 +249,19 @@ def test_an_unreadable_histogram_is_a_value_error(histogram_text: str) -> None:
     data["serverless"][2] = histogram_text
     with pytest.raises(ValueError, match="latency histogram"):
         SlotRecord.from_json(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=5000.0, allow_nan=False), min_size=1))
+def test_a_window_slot_holds_the_histogram_of_its_calls(seconds: list[float]) -> None:
+    window = Window(10.0, 0, EPOCH)
+    for s in seconds:
+        window.count_call(1005.0, True, 200, s)
+        window.count_call(1005.0, False, 200, s)
+    (slot,) = window.records("a", 1005.0, 60.0)
+    want = histogram(*seconds)
+    for got in (slot.serverless_latency, slot.legacy_latency):
+        assert got is not None
+        assert got.get_total_count() == len(seconds)
+        for p in (50.0, 99.0, 100.0):
+            assert got.get_value_at_percentile(p) == want.get_value_at_percentile(p)
