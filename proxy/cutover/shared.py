@@ -131,9 +131,6 @@ class SharedWindows:
         for name, window in self._windows.items():
             window.restart(self._epoch(self.table.state(name)))
 
-    def epoch(self, model: str) -> Epoch:
-        return self._windows[model].epoch
-
     # --- sharing -----------------------------------------------------------------------
 
     async def publish(self) -> int:
