@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -33,14 +34,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from proxy import handlers
+from proxy import handlers, jsoncodec
 from proxy.admin import api as admin
 from proxy.admin import dashboard
+from proxy.admin.views import gate_window_view
 from proxy.asgi import ALL_METHODS, ReplyResponse, record_of
 from proxy.budget import MemoryBudget, budget_bytes
 from proxy.clientauth import build_client_auth
-from proxy.compare import Comparison, Verdict
 from proxy.config import ProxyConfig
+from proxy.config.backends import replica_id_of
 from proxy.credentials import build_credentials
 from proxy.cutover import Cutover
 from proxy.cutover.table import ModelState, UnknownModelError
@@ -92,11 +94,13 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: the lifespan has built the upstream pools."""
-    ready = getattr(request.state, "runtime", None) is not None
-    return ReplyResponse(
-        Reply(200, b'{"status":"ready"}') if ready else Reply(503, b'{"status":"starting"}')
-    )
+    """Readiness: the lifespan has built the upstream pools. The detail names the replica
+    that answered."""
+    runtime: Runtime | None = getattr(request.state, "runtime", None)
+    if runtime is None:
+        return ReplyResponse(Reply(503, b'{"status":"starting"}'))
+    detail = {"status": "ready", "replica_id": runtime.replica_id}
+    return ReplyResponse(Reply(200, jsoncodec.dumps(detail)))
 
 
 def routes() -> list[Route]:
@@ -133,27 +137,40 @@ class ProxyApp(Starlette):
         return app
 
 
-def build_runtime(config: ProxyConfig, upstream_factory: UpstreamFactory | None = None) -> Runtime:
+def window_publisher(config: ProxyConfig, replica_id: str) -> str:
+    """The name this process publishes its gate-window slots under: the replica's id, and
+    with several uvicorn workers the worker's pid too (`#` is never part of a replica id),
+    since each worker counts its own traffic."""
+    return replica_id if config.server.workers <= 1 else f"{replica_id}#{os.getpid()}"
+
+
+def build_runtime(
+    config: ProxyConfig,
+    upstream_factory: UpstreamFactory | None = None,
+    replica_id: str | None = None,
+) -> Runtime:
     """Every live object a request reaches, wired together: the pools and credentials for
     the backend calls, the cutover, and the shadow mirror (its worker process started on
-    the first job under `shadow.isolation: process`)."""
+    the first job under `shadow.isolation: process`). `replica_id`: this replica's id
+    (default: resolved from the config and the environment)."""
+    if replica_id is None:
+        replica_id = replica_id_of(config.server, config.listen, os.environ)
     pools = Pools.build(config, upstream_factory)
     credentials = build_credentials(config)
     # The rollout's readiness probe goes the clients' way: these pools and credentials.
-    cutover = Cutover(config, probe=prober(pools, credentials))
+    cutover = Cutover(
+        config, probe=prober(pools, credentials), replica=window_publisher(config, replica_id)
+    )
     worker = ShadowWorker(config) if config.shadow.isolation == "process" else None
     shadow = Shadow(
         config.shadow, shadow_call(pools, credentials), tolerances_of(config), worker=worker
     )
-    # The rollout gates judge shadow calls as well as the clients' own.
+    # The rollout gates judge shadow calls as well as the clients' own, and the fleet's
+    # window keeps the shadow results and the last mismatches.
     shadow.on_call.append(cutover.count_call)
-
-    def parity(model: str, result: Comparison) -> None:
-        if result.verdict is not Verdict.SHADOW_ERROR:
-            cutover.count_parity(model, result.matched)
-
-    shadow.on_verdict.append(parity)
-    return Runtime(config, pools, credentials, cutover, shadow)
+    shadow.on_result.append(cutover.count_shadow)
+    shadow.on_mismatch.append(lambda model, kept: cutover.count_mismatch(model, kept.to_json()))
+    return Runtime(config, pools, credentials, cutover, shadow, replica_id)
 
 
 def follow(hub: Hub, runtime: Runtime) -> None:
@@ -171,6 +188,8 @@ def follow(hub: Hub, runtime: Runtime) -> None:
         hub.note_rollout(model, "rollback" if action == "rollback" else None)
 
     hub.set_rollout_source(source)
+    # The report and the dashboard show the gate windows over the fleet, as status does.
+    hub.set_fleet_source(partial(gate_window_view, cutover), cutover.windows.read_all)
     cutover.on_probe.append(lambda model, result: hub.probe_result(model, result.ok))
     for token in runtime.credentials.refreshing():
         token.on_fetch.append(hub.token_fetch)
@@ -198,10 +217,12 @@ def create_app(
     reporting = Hub.build(config, registry=registry, environ=os.environ)
     # Built with the app: a tokens file that cannot be read stops start-up here.
     client_auth = build_client_auth(config)
+    # Resolved once: the runtime owns it; the access log below names the same value.
+    replica_id = replica_id_of(config.server, config.listen, os.environ)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        runtime = build_runtime(config, upstream_factory)
+        runtime = build_runtime(config, upstream_factory, replica_id)
         metrics = reporting.metrics
         if metrics is not None and not metrics.follow_in_flight(lambda: runtime.in_flight):
             runtime.on_in_flight = reporting.in_flight
@@ -231,7 +252,7 @@ def create_app(
             reporting.close()
 
     def access_log(record: ExchangeRecord) -> None:
-        accesslog.emit(record, enabled=config.logging.access_log)
+        accesslog.emit(record, enabled=config.logging.access_log, replica_id=replica_id)
 
     sink = on_complete or access_log
 

@@ -62,6 +62,9 @@ class Runtime:
     credentials: Credentials
     cutover: Cutover
     shadow: Shadow
+    # Resolved once at start-up (`config.backends.replica_id_of`); the access log, `/readyz`
+    # and the store's records of this replica all read it here.
+    replica_id: str
     in_flight: int = 0
     # Told +1/-1 as requests are admitted and leave (the in-flight gauge).
     on_in_flight: Callable[[int], None] | None = None

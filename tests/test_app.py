@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,9 +17,10 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from proxy import errors
+from proxy import errors, jsoncodec
 from proxy.app import create_app
 from proxy.config import parse_config
+from proxy.config.backends import replica_id_of
 from sim.serve import serve_broken
 from tests.servers import LiveServer
 
@@ -363,9 +365,10 @@ async def test_unknown_new_style_endpoint(serverless: LiveServer, path: str) -> 
 
 
 async def test_health_endpoints(serverless: LiveServer) -> None:
-    async with proxy(make_config(serverless)) as client:
+    async with proxy(make_config(serverless, server={"replica_id": "proxy-a"})) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
-        assert (await client.get("/readyz")).json() == {"status": "ready"}
+        ready = (await client.get("/readyz")).json()
+        assert ready == {"status": "ready", "replica_id": "proxy-a"}
 
 
 async def test_one_access_line_per_request_without_tokens_or_bodies(
@@ -387,6 +390,10 @@ async def test_one_access_line_per_request_without_tokens_or_bodies(
         bad = await client.post("/model/nope/1/invocations", content=SPLIT)
     lines = [r.getMessage() for r in caplog.records if r.name == "serving_proxy.access"]
     assert len(lines) == 2
+    # No replica_id configured: HOSTNAME, else the listener's host:port, names this one.
+    config = make_config(serverless)
+    replica = replica_id_of(config.server, config.listen, os.environ)
+    assert all(jsoncodec.loads(line)["replica_id"] == replica for line in lines)
     assert ok.headers["x-request-id"] in lines[0]
     assert '"flag":"NR"' in lines[1]
     assert bad.headers["x-request-id"] in lines[1]

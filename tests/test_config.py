@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from proxy.config import ConfigError, load_config, parse_config
-from proxy.config.backends import DEFAULT_MAX_BODY_BYTES, DEFAULT_TOTAL_TIMEOUT_S
+from proxy.config.backends import DEFAULT_MAX_BODY_BYTES, DEFAULT_TOTAL_TIMEOUT_S, replica_id_of
 from proxy.models import Backend, CsvMode
 
 CONTRACT = """
@@ -307,3 +307,19 @@ def test_bad_serverless_realities_keys_name_the_key(change: dict[str, Any], need
     with pytest.raises(ConfigError) as info:
         parse_config(data, {})
     assert needle in str(info.value)
+
+
+def test_the_replica_id_is_configured_else_hostname_else_host_and_port() -> None:
+    named = parse_config({**base(), "server": {"replica_id": "proxy-a"}}, {})
+    assert replica_id_of(named.server, named.listen, {"HOSTNAME": "pod-1"}) == "proxy-a"
+    plain = parse_config({**base(), "listen": {"host": "127.0.0.1", "port": 8123}}, {})
+    assert replica_id_of(plain.server, plain.listen, {"HOSTNAME": "pod-1"}) == "pod-1"
+    assert replica_id_of(plain.server, plain.listen, {}) == "127.0.0.1:8123"
+    # A HOSTNAME no id may be (a space, a newline) is passed over, not logged.
+    assert replica_id_of(plain.server, plain.listen, {"HOSTNAME": "a b\n"}) == "127.0.0.1:8123"
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "-lead", "x" * 254, "pod\n"])
+def test_a_bad_replica_id_names_the_key(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"server\.replica_id"):
+        parse_config({**base(), "server": {"replica_id": bad}}, {})

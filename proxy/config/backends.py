@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import re
 import string
+from collections.abc import Mapping
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
@@ -40,6 +42,9 @@ DEFAULT_OFFLOAD_BYTES = 1024 * 1024
 DEFAULT_MEMORY_WAIT_S = 10.0
 DEFAULT_GRACEFUL_SHUTDOWN_S = 30.0
 PATH_FIELDS = frozenset({"name", "version", "endpoint"})
+# A replica id names the process in logs, the store's keys and the admin API: a pod name,
+# a host name or `host:port`, nothing a log line or a Redis key would need to quote.
+REPLICA_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}")
 
 
 class Listen(Frozen):
@@ -228,3 +233,25 @@ class ServerConfig(Frozen):
     # The upstream HTTP client: the proxy's own on httptools (the default;
     # proxy.upstream.http1 says why), or aiohttp's, kept selectable as a fallback.
     upstream_client: Literal["httptools", "aiohttp"] = "httptools"
+    # This replica's name in the access log, `/readyz`, the store and the admin API
+    # (default: `replica_id_of` below).
+    replica_id: str | None = None
+
+    @field_validator("replica_id")
+    @classmethod
+    def _replica_id(cls, value: str | None) -> str | None:
+        if value is not None and not REPLICA_ID_RE.fullmatch(value):
+            raise ValueError("must be letters, digits, '.', '_', ':', '@' or '-' (at most 253)")
+        return value
+
+
+def replica_id_of(server: ServerConfig, listen: Listen, environ: Mapping[str, str]) -> str:
+    """This replica's id: `server.replica_id`, else `HOSTNAME` (the pod's name in
+    Kubernetes), else the listener's `host:port`. A `HOSTNAME` that is no valid id is
+    passed over rather than trusted into log lines and store keys."""
+    if server.replica_id is not None:
+        return server.replica_id
+    hostname = environ.get("HOSTNAME", "")
+    if REPLICA_ID_RE.fullmatch(hostname):
+        return hostname
+    return f"{listen.host}:{listen.port}"

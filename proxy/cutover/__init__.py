@@ -7,7 +7,8 @@ One module per job; `Cutover` only wires them together for the app:
   before the store has it, and the rule that writes it when the store is back;
 - `commands`: compare-and-set changes through the store, and their audit log;
 - `sync`: following the store (the poll loop), so every replica sees every change;
-- `controller` and `window`: the rollout controller and the gate window it judges;
+- `controller`: the rollout controller; `shared`, `window` and `fleet`: the gate window
+  it judges, this process's slots published to the store and merged with every replica's;
 - `probe`: the readiness probe's result and whether a step up may go ahead;
 - `rollout`: the pure gates; `store`: the SQLite / Redis compare-and-set store.
 """
@@ -25,6 +26,7 @@ from proxy.cutover.commands import ChangeError, Commands
 from proxy.cutover.controller import Controller
 from proxy.cutover.probe import Probe
 from proxy.cutover.redisstore import RedisStore
+from proxy.cutover.shared import SharedWindows, default_publisher_id
 from proxy.cutover.store import MEMORY, SqliteStore, StateError, StateStore
 from proxy.cutover.sync import DEFAULT_POLL_S, StoreSync
 from proxy.cutover.table import LiveTable, ModelState
@@ -50,8 +52,10 @@ class Cutover:
         poll_s: how often the store is polled and the rollout gates are evaluated.
         probe: sends a model's `rollout.probe` before a step up (the app's, through the
             translating path); None: a model with a probe never steps up by itself.
+        replica: this process's id in the shared gate windows (unique per process);
+            default: host and process id.
 
-    The hot path calls `decide` and `count_call` (and the shadow `count_parity`); they are
+    The hot path calls `decide` and `count_call` (and the shadow `count_shadow`); they are
     the parts' own bound methods, so the facade adds no call to a request.
     """
 
@@ -64,6 +68,7 @@ class Cutover:
         rng: random.Random | None = None,
         poll_s: float = DEFAULT_POLL_S,
         probe: Probe | None = None,
+        replica: str | None = None,
     ) -> None:
         self.config = config
         self.store = store if store is not None else open_store(config.state, _password(config))
@@ -71,12 +76,16 @@ class Cutover:
         self.live = LiveTable(config, clock(), rng or random.Random())
         self.sync = StoreSync(self.live, self.store, self._changed, poll_s)
         self.commands = Commands(self.live, self.store, self.sync, self._changed, clock)
-        self.controller = Controller(self.live, self.commands, clock, probe)
+        self.windows = SharedWindows(
+            self.live, self.store, clock, replica or default_publisher_id()
+        )
+        self.controller = Controller(self.live, self.commands, clock, probe, self.windows)
         self._tasks = TaskSet()
 
         self.decide = self.live.decide
-        self.count_call = self.controller.count_call
-        self.count_parity = self.controller.count_parity
+        self.count_call = self.windows.count_call
+        self.count_shadow = self.windows.count_shadow
+        self.count_mismatch = self.windows.count_mismatch
 
         self.refresh = self.sync.refresh
         self.tick = self.controller.tick
@@ -92,6 +101,8 @@ class Cutover:
         self.state = self.live.state
         self.rollout_status = self.live.rollout_status
         self.window = self.controller.window
+        self.fleet_window = self.windows.fleet
+        self.read_window = self.windows.read
         self.last_action = self.controller.last_action
         self.probe = self.controller.probe
         self.last_probe = self.controller.last_probe
@@ -116,6 +127,7 @@ class Cutover:
         await self.store.open()
         await self.sync.refresh(force=True)
         await self.commands.seed()
+        self.windows.adopt()
         self._tasks.spawn(self.sync.follow(self._after_poll), name="cutover-poll")
 
     async def poll(self) -> None:
@@ -124,6 +136,8 @@ class Cutover:
         await self._after_poll(await self.sync.poll())
 
     async def _after_poll(self, reachable: bool) -> None:
+        if reachable:
+            await self.windows.publish()
         if reachable and self.live.unsettled():
             try:
                 for name, done in await self.commands.flush():
@@ -144,7 +158,7 @@ class Cutover:
 
     def _changed(self, name: str, old: ModelState, new: ModelState, action: str) -> None:
         if new.serverless_percent != old.serverless_percent:
-            self.controller.restart(name)
+            self.controller.restart(name, new)
         for listener in self.on_change:
             try:
                 listener(name, new, action)

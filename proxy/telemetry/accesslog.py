@@ -55,8 +55,11 @@ def iso_time(epoch_s: float) -> str:
     return f"{_second[1]}.{int((epoch_s - whole) * 1000):03d}Z"
 
 
-def fields(record: ExchangeRecord, now: float | None = None) -> dict[str, Any]:
-    """The access-log line of one finished request, as a JSON-ready dict.
+def fields(
+    record: ExchangeRecord, now: float | None = None, replica_id: str | None = None
+) -> dict[str, Any]:
+    """The access-log line of one finished request, as a JSON-ready dict; `replica_id`
+    names the replica that served it, so that a fleet's lines can be told apart.
 
     The client appears as its key, hashed unless the config lets a header value show (an
     address is personal data, an Authorization value a secret), and as the identity
@@ -65,6 +68,7 @@ def fields(record: ExchangeRecord, now: float | None = None) -> dict[str, Any]:
     upstream_s = record.upstream_s
     return {
         "time": iso_time(time.time() if now is None else now),
+        "replica_id": replica_id,
         "request_id": record.request_id,
         "method": record.method,
         "path": record.path,
@@ -91,14 +95,14 @@ def fields(record: ExchangeRecord, now: float | None = None) -> dict[str, Any]:
     }
 
 
-def emit(record: ExchangeRecord, *, enabled: bool = True) -> None:
+def emit(record: ExchangeRecord, *, enabled: bool = True, replica_id: str | None = None) -> None:
     """Write the line; with the access log off, still one line for every failure."""
     failed = record.status >= 500 or record.flag != "-"
     if not enabled and not failed:
         return
     level = logging.WARNING if record.status >= 500 else logging.INFO
     if LOGGER.isEnabledFor(level):
-        line = jsoncodec.dumps(fields(record)).decode()
+        line = jsoncodec.dumps(fields(record, replica_id=replica_id)).decode()
         # Not LOGGER.log: it walks the stack for the caller's file and line (findCaller),
         # which no access line shows, and costs a large share of the line per request.
         # `handle` still applies the logger's filters, handlers and propagation.

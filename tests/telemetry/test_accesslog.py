@@ -28,6 +28,7 @@ def test_fields_of_a_translated_request() -> None:
     line = fields(record(), now=1_800_000_000.25)
     assert line == {
         "time": "2027-01-15T08:00:00.250Z",
+        "replica_id": None,
         "request_id": "rid-1",
         "method": "POST",
         "path": "/model/iris/1/invocations",
@@ -112,11 +113,12 @@ def test_iso_time_is_utc_with_milliseconds() -> None:
 
 def test_emit_writes_one_json_line(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="serving_proxy.access")
-    emit(record())
+    emit(record(), replica_id="proxy-b")
     [entry] = caplog.records
     assert entry.levelno == logging.INFO
     assert "\n" not in entry.getMessage()
-    assert jsoncodec.loads(entry.getMessage())["request_id"] == "rid-1"
+    line = jsoncodec.loads(entry.getMessage())
+    assert (line["request_id"], line["replica_id"]) == ("rid-1", "proxy-b")
 
 
 @pytest.mark.parametrize(
