@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -36,9 +37,10 @@ from starlette.types import ASGIApp
 from proxy import handlers, jsoncodec
 from proxy.admin import api as admin
 from proxy.admin import dashboard, fleet
+from proxy.admin.views import gate_window_view
 from proxy.asgi import ALL_METHODS, ReplyResponse, record_of
 from proxy.budget import MemoryBudget, budget_bytes
-from proxy.compare import Comparison, Verdict
+from proxy.clientauth import build_client_auth
 from proxy.config import ProxyConfig
 from proxy.config.backends import replica_id_of
 from proxy.credentials import build_credentials
@@ -143,6 +145,13 @@ class ProxyApp(Starlette):
         return app
 
 
+def window_publisher(config: ProxyConfig, replica_id: str) -> str:
+    """The name this process publishes its gate-window slots under: the replica's id, and
+    with several uvicorn workers the worker's pid too (`#` is never part of a replica id),
+    since each worker counts its own traffic."""
+    return replica_id if config.server.workers <= 1 else f"{replica_id}#{os.getpid()}"
+
+
 def build_runtime(
     config: ProxyConfig,
     upstream_factory: UpstreamFactory | None = None,
@@ -157,22 +166,20 @@ def build_runtime(
     pools = Pools.build(config, upstream_factory)
     credentials = build_credentials(config)
     # The rollout's readiness probe goes the clients' way: these pools and credentials.
-    # The workers of one replica share its id; in the store (the lease holder, the
-    # heartbeat records) each worker is a member of its own.
-    member = replica_id if config.server.workers == 1 else f"{replica_id}/{os.getpid()}"
-    cutover = Cutover(config, probe=prober(pools, credentials), replica_id=member)
+    # The workers of one replica share its id; in the store (gate windows, the lease
+    # holder, heartbeat records) each worker is a member of its own.
+    cutover = Cutover(
+        config, probe=prober(pools, credentials), replica=window_publisher(config, replica_id)
+    )
     worker = ShadowWorker(config) if config.shadow.isolation == "process" else None
     shadow = Shadow(
         config.shadow, shadow_call(pools, credentials), tolerances_of(config), worker=worker
     )
-    # The rollout gates judge shadow calls as well as the clients' own.
+    # The rollout gates judge shadow calls as well as the clients' own, and the fleet's
+    # window keeps the shadow results and the last mismatches.
     shadow.on_call.append(cutover.count_call)
-
-    def parity(model: str, result: Comparison) -> None:
-        if result.verdict is not Verdict.SHADOW_ERROR:
-            cutover.count_parity(model, result.matched)
-
-    shadow.on_verdict.append(parity)
+    shadow.on_result.append(cutover.count_shadow)
+    shadow.on_mismatch.append(lambda model, kept: cutover.count_mismatch(model, kept.to_json()))
     runtime = Runtime(config, pools, credentials, cutover, shadow, replica_id)
     # The heartbeat says how many requests this replica has in flight.
     cutover.presence.in_flight = lambda: runtime.in_flight
@@ -194,7 +201,11 @@ def follow(hub: Hub, runtime: Runtime) -> None:
         hub.note_rollout(model, "rollback" if action == "rollback" else None)
 
     hub.set_rollout_source(source)
+    # The report and the dashboard show the gate windows over the fleet, as status does.
+    hub.set_fleet_source(partial(gate_window_view, cutover), cutover.windows.read_all)
     cutover.on_probe.append(lambda model, result: hub.probe_result(model, result.ok))
+    for token in runtime.credentials.refreshing():
+        token.on_fetch.append(hub.token_fetch)
     cutover.on_change.append(changed)
     runtime.shadow.on_result.append(hub.shadow_result)
 
@@ -217,6 +228,8 @@ def create_app(
         registry: the Prometheus registry for this app's collectors (default: a fresh one).
     """
     reporting = Hub.build(config, registry=registry, environ=os.environ)
+    # Built with the app: a tokens file that cannot be read stops start-up here.
+    client_auth = build_client_auth(config)
     # Resolved once: the runtime owns it; the access log below names the same value.
     replica_id = replica_id_of(config.server, config.listen, os.environ)
 
@@ -245,6 +258,8 @@ def create_app(
             if listener is not None:
                 await listener.aclose()
             await runtime.aclose()
+            if client_auth is not None:
+                await client_auth.aclose()
             if reporting.metrics is not None:
                 Metrics.mark_process_dead(reporting.metrics.multiprocess_dir)
             reporting.close()
@@ -276,6 +291,7 @@ def create_app(
                 client_key=config.client_key,
                 labels=reporting.labels,
                 trusted_proxies=config.server.trusted_proxies,
+                client_auth=client_auth,
             ),
             Middleware(
                 BodyLimitMiddleware,

@@ -5,7 +5,9 @@ Shell: parses requests, calls the cutover and the shadow, replies with JSON view
 an `AdminError` raised for the app's one error renderer, never a reply built here.
 
     GET  /admin/models                      every model: weights, rollout, parity
-    GET  /admin/models/{model}              one model, with its last mismatches
+    GET  /admin/models/{model}              one model, with its last mismatches (the
+                                            gate window, parity and mismatches are
+                                            the fleet's, per replica under `replicas`)
     PUT  /admin/models/{model}              {"serverless_percent": 25, "reason": "..."}
     POST /admin/models/{model}/promote      next rollout step now (also pause, resume,
                                             rollback; body {"reason": ..., "to": ...})
@@ -135,6 +137,8 @@ async def list_models(request: Request) -> Response:
     require_admin(request)
     _method(request, "GET")
     runtime = _runtime(request)
+    for name in runtime.cutover.models():
+        await runtime.cutover.read_window(name)
     return _json(
         {"models": [model_view(runtime, m, mismatches=False) for m in runtime.cutover.models()]}
     )
@@ -154,6 +158,7 @@ async def model(request: Request) -> Response:
             raise AdminError(400, "bad_change", str(exc)) from None
         probe = await _probe_first(runtime.cutover, name, change.serverless_percent, force)
         await _change(runtime.cutover.set_weights(name, change, actor))
+    await runtime.cutover.read_window(name)
     view = model_view(runtime, name, mismatches=True)
     if probe is not None:
         view["probe"] = probe
@@ -192,6 +197,7 @@ async def move(request: Request) -> Response:
             step = None if policy is None else next_step(policy.steps, cutover.weight(name))
             probe = await _probe_first(cutover, name, step, force)
         await _change(getattr(cutover, action)(name, actor, reason))
+    await cutover.read_window(name)
     view = model_view(runtime, name, mismatches=False)
     if probe is not None:
         view["probe"] = probe

@@ -46,7 +46,7 @@ async def leader(request: Request) -> Response:
 async def replicas(request: Request) -> Response:
     runtime = _authorized_get(request)
     records, reachable = await runtime.cutover.presence.fleet()
-    # This process as the list names it (with workers, `<id>/<pid>`).
+    # This process as the list names it (with workers, `<id>#<pid>`).
     body = {
         "replica_id": runtime.cutover.replica_id,
         "store_reachable": reachable,

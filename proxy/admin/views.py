@@ -9,10 +9,12 @@ from typing import Any
 
 from proxy.config.cutover import RolloutConfig
 from proxy.cutover import Cutover
+from proxy.cutover.fleet import FleetWindow
 from proxy.cutover.probe import ProbeResult
 from proxy.cutover.rollout import Action, RolloutState, RolloutStatus, WindowStats, next_step
 from proxy.cutover.table import ModelState
 from proxy.runtime import Runtime
+from proxy.shadow.tally import ParityCounts
 
 
 def cutover_view(cutover: Cutover, name: str) -> dict[str, Any]:
@@ -42,7 +44,7 @@ def cutover_view(cutover: Cutover, name: str) -> dict[str, Any]:
             cutover.last_probe(name),
             probing=cutover.probing(name),
         )
-    out["window"] = window_view(cutover.window(name))
+    out["window"] = fleet_view(cutover.fleet_window(name))
     return out
 
 
@@ -108,15 +110,37 @@ def window_view(window: WindowStats) -> dict[str, Any]:
     }
 
 
+def fleet_view(fleet: FleetWindow) -> dict[str, Any]:
+    """The fleet's gate window: the merged counts, `shared` (false: the store did not
+    answer, these are this replica's alone) and each replica's own under `replicas`."""
+    return {
+        **window_view(fleet.stats),
+        "shared": fleet.shared,
+        "replicas": {name: window_view(stats) for name, stats in fleet.replicas.items()},
+    }
+
+
+def gate_window_view(cutover: Cutover, name: str) -> dict[str, Any] | None:
+    """The model's gate window over the fleet with its shadow results by kind, for the
+    report and the dashboard; None for a model the config does not serve."""
+    if name not in cutover.models():
+        return None
+    fleet = cutover.fleet_window(name)
+    return {**fleet_view(fleet), "parity": ParityCounts(**fleet.parity).to_json()}
+
+
 def model_view(runtime: Runtime, name: str, *, mismatches: bool) -> dict[str, Any]:
     """One model as the admin API shows it: the cutover view, its shadow parity, the
-    process-wide shadow slots, and with `mismatches` the last mismatched requests.
+    process-wide shadow slots, and with `mismatches` the last mismatched requests. Parity
+    and mismatches are the fleet window's (call `cutover.read_window` first for the other
+    replicas' newest).
 
     Raises:
         UnknownModelError: the config serves no such model.
     """
     view = cutover_view(runtime.cutover, name)
-    view["parity"] = runtime.shadow.parity(name).to_json()
+    fleet = runtime.cutover.fleet_window(name)
+    view["parity"] = ParityCounts(**fleet.parity).to_json()
     # Process-wide: every model's shadow calls share these slots.
     view["shadow"] = {
         "in_flight": runtime.shadow.in_flight,
@@ -126,5 +150,5 @@ def model_view(runtime: Runtime, name: str, *, mismatches: bool) -> dict[str, An
         "worker_pid": runtime.shadow.worker_pid,
     }
     if mismatches:
-        view["mismatches"] = [m.to_json() for m in runtime.shadow.mismatches(name)]
+        view["mismatches"] = [dict(m) for m in fleet.mismatches]
     return view

@@ -125,6 +125,10 @@ def _note(view: Mapping[str, Any]) -> str:
         note = str(evaluation["reason"]) if evaluation else str(rollout.get("reason") or "")
     if view.get("persisted") is False:
         note = f"NOT PERSISTED (state store unreachable); {note}".rstrip("; ")
+    window = view.get("window") or {}
+    if window.get("shared") is False:
+        # The gates and the parity shown are the answering replica's own traffic only.
+        note = f"THIS REPLICA'S WINDOW ONLY (state store unreachable); {note}".rstrip("; ")
     return note
 
 

@@ -9,7 +9,8 @@ One module per job; `Cutover` only wires them together for the app:
 - `sync`: following the store (its announcements, and the poll loop), so every replica
   sees every change;
 - `lease`: the rollout leader's lease; `presence`: the replicas' heartbeats and list;
-- `controller` and `window`: the rollout controller and the gate window it judges;
+- `controller`: the rollout controller; `shared`, `window` and `fleet`: the gate window
+  it judges, this process's slots published to the store and merged with every replica's;
 - `probe`: the readiness probe's result and whether a step up may go ahead;
 - `rollout`: the pure gates; `store`: the SQLite / Redis compare-and-set store.
 """
@@ -30,6 +31,7 @@ from proxy.cutover.lease import Leadership
 from proxy.cutover.presence import Presence
 from proxy.cutover.probe import Probe
 from proxy.cutover.redisstore import RedisStore
+from proxy.cutover.shared import SharedWindows, default_publisher_id
 from proxy.cutover.store import MEMORY, Lease, SqliteStore, StateError, StateStore
 from proxy.cutover.sync import DEFAULT_POLL_S, StoreSync
 from proxy.cutover.table import LiveTable, ModelState
@@ -56,9 +58,10 @@ class Cutover:
             announces nothing).
         probe: sends a model's `rollout.probe` before a step up (the app's, through the
             translating path); None: a model with a probe never steps up by itself.
-        replica_id: this replica's id: the lease holder's name, its heartbeat's key.
+        replica: this process's id in the store: its gate-window records, the lease holder's
+            name, its heartbeat's key (unique per process); default: host and process id.
 
-    The hot path calls `decide` and `count_call` (and the shadow `count_parity`); they are
+    The hot path calls `decide` and `count_call` (and the shadow `count_shadow`); they are
     the parts' own bound methods, so the facade adds no call to a request.
     """
 
@@ -71,23 +74,28 @@ class Cutover:
         rng: random.Random | None = None,
         poll_s: float = DEFAULT_POLL_S,
         probe: Probe | None = None,
-        replica_id: str = "local",
+        replica: str | None = None,
     ) -> None:
         self.config = config
-        self.replica_id = replica_id
         self.store = store if store is not None else open_store(config.state, _password(config))
         self.on_change: list[ChangeListener] = []
         self.live = LiveTable(config, clock(), rng or random.Random())
         self.sync = StoreSync(self.live, self.store, self._changed, poll_s)
         self.commands = Commands(self.live, self.store, self.sync, self._changed, clock)
-        self.leadership = Leadership(self.store, replica_id, config.cutover.leader_ttl_s)
-        self.controller = Controller(self.live, self.commands, clock, probe, self.leadership)
-        self.presence = Presence(self.store, replica_id, self.sync, self.leadership)
+        member = replica or default_publisher_id()
+        self.replica_id = member
+        self.windows = SharedWindows(self.live, self.store, clock, member)
+        self.leadership = Leadership(self.store, member, config.cutover.leader_ttl_s)
+        self.controller = Controller(
+            self.live, self.commands, clock, probe, self.windows, leadership=self.leadership
+        )
+        self.presence = Presence(self.store, member, self.sync, self.leadership)
         self._tasks = TaskSet()
 
         self.decide = self.live.decide
-        self.count_call = self.controller.count_call
-        self.count_parity = self.controller.count_parity
+        self.count_call = self.windows.count_call
+        self.count_shadow = self.windows.count_shadow
+        self.count_mismatch = self.windows.count_mismatch
 
         self.refresh = self.sync.refresh
         self.tick = self.controller.tick
@@ -103,6 +111,8 @@ class Cutover:
         self.state = self.live.state
         self.rollout_status = self.live.rollout_status
         self.window = self.controller.window
+        self.fleet_window = self.windows.fleet
+        self.read_window = self.windows.read
         self.last_action = self.controller.last_action
         self.probe = self.controller.probe
         self.last_probe = self.controller.last_probe
@@ -127,6 +137,7 @@ class Cutover:
         await self.store.open()
         await self.sync.refresh(force=True)
         await self.commands.seed()
+        self.windows.adopt()
         # Before the first tick, so that a replica alone leads from the start (else `run`
         # tries again).
         with contextlib.suppress(StateError):
@@ -152,6 +163,8 @@ class Cutover:
         await self._after_poll(await self.sync.poll())
 
     async def _after_poll(self, reachable: bool) -> None:
+        if reachable:
+            await self.windows.publish()
         if reachable and self.live.unsettled():
             try:
                 for name, done in await self.commands.flush():
@@ -175,7 +188,7 @@ class Cutover:
 
     def _changed(self, name: str, old: ModelState, new: ModelState, action: str) -> None:
         if new.serverless_percent != old.serverless_percent:
-            self.controller.restart(name)
+            self.controller.restart(name, new)
         for listener in self.on_change:
             try:
                 listener(name, new, action)

@@ -1,13 +1,15 @@
-"""The rollout controller: each model's gate window, and the tick that steps or rolls back.
+"""The rollout controller: the tick that judges each model's gate window and steps or
+rolls back.
 
-The window holds what this process saw at the model's current weight (`window.Window`);
-each tick judges it with the pure gates of `rollout` and applies what they call for
-through `commands`. Only the rollout leader (`lease`) steps up or marks a rollout done,
-and those writes are fenced with its lease, so a former leader can never write a step;
-the others judge the same gates, show the evaluation, and leave the step to the leader.
-Any process may roll back: it is the safe direction, it must not wait for a leader that
-may be the one cut off, and it is compare-and-set on the state it judged, so when several
-replicas roll back at once it happens once.
+The window is the fleet's (`shared.SharedWindows`): every replica's traffic at the model's
+current weight, this replica's own counted at once; each tick reads it and judges it with
+the pure gates of `rollout`, and applies what they call for through `commands`. Only the
+rollout leader (`lease`) steps up or marks a rollout done, and those writes are fenced
+with its lease, so a former leader can never write a step; the others judge the same
+gates, show the evaluation, and leave the step to the leader. Any process may roll back:
+it is the safe direction, it must not wait for a leader that may be the one cut off, and
+it is compare-and-set on the state it judged, so when several replicas roll back at once
+it happens once.
 
 With `rollout.probe`, a step up first sends the readiness probe (`probe`): in a task of
 its own, so a slow endpoint never delays the tick (which also follows the store and rolls
@@ -27,16 +29,14 @@ from proxy.cutover.deferred import Deferred
 from proxy.cutover.lease import Leadership
 from proxy.cutover.probe import Probe, ProbeResult, before_step, retry_after_s
 from proxy.cutover.rollout import Action, RolloutState, RolloutStatus, WindowStats, evaluate
+from proxy.cutover.shared import SharedWindows, default_publisher_id
 from proxy.cutover.store import FencingError, Lease, StateError
 from proxy.cutover.table import LiveTable, ModelState
-from proxy.cutover.window import Window, is_error
 from proxy.models import Backend
 from proxy.tasks import TaskSet
 
 LOGGER = logging.getLogger("serving_proxy.cutover")
 ROLLOUT_ACTOR = "rollout"
-# The span `window()` reports for a model without a rollout (it has no gates to judge).
-DEFAULT_WINDOW_S = 60.0
 # Told (model, result) after every probe sent, by the rollout or by an admin change.
 ProbeListener = Callable[[str, ProbeResult], None]
 
@@ -50,6 +50,8 @@ class Controller:
         clock: wall time (epoch seconds); samples and the rollout interval use it.
         probe: sends a model's `rollout.probe` (the app's, through the translating path);
             None: a model with a probe never steps up (there is no way to probe it).
+        windows: the gate windows (default: this process's, shared through the
+            commands' store under a made-up id).
         leadership: whether this process leads the rollout; None: it always does (one
             process alone, as in tests of the gates).
     """
@@ -60,6 +62,8 @@ class Controller:
         commands: Commands,
         clock: Callable[[], float],
         probe: Probe | None = None,
+        windows: SharedWindows | None = None,
+        *,
         leadership: Leadership | None = None,
     ) -> None:
         self.table = table
@@ -68,7 +72,9 @@ class Controller:
         self.clock = clock
         self.on_probe: list[ProbeListener] = []
         self._probe = probe
-        self._windows = {name: Window() for name in table.config.models}
+        self.windows = windows or SharedWindows(
+            table, commands.store, clock, default_publisher_id()
+        )
         self._actions: dict[str, Action] = {}
         self._probes: dict[str, ProbeResult] = {}
         self._probing: set[str] = set()
@@ -77,32 +83,18 @@ class Controller:
     def count_call(self, model: str, backend: Backend, status: int, seconds: float | None) -> None:
         """Count one finished call to a backend (primary or shadow) in the model's window;
         `seconds` None: an attempt with no latency of its own (a retried one)."""
-        window = self._windows.get(model)
-        if window is None:
-            return
-        now = self.clock()
-        if backend is Backend.SERVERLESS:
-            window.serverless.append((now, not is_error(status), seconds))
-        elif not is_error(status) and seconds is not None:
-            window.legacy.append((now, seconds))
+        self.windows.count_call(model, backend, status, seconds)
 
-    def count_parity(self, model: str, matched: bool) -> None:
-        """Count one compared shadow answer (not a shadow error) for the parity gate."""
-        window = self._windows.get(model)
-        if window is not None:
-            window.parity.append((self.clock(), matched))
-
-    def restart(self, model: str) -> None:
-        """Forget the model's window and last evaluation: the weight moved, and samples
-        taken at another weight say nothing about this one."""
-        self._windows[model].clear()
+    def restart(self, model: str, state: ModelState) -> None:
+        """Start the model's window again at `state`'s weight and forget the last
+        evaluation: samples taken at another weight say nothing about this one."""
+        self.windows.restart(model, state)
         self._actions.pop(model, None)
 
     def window(self, model: str) -> WindowStats:
-        """This process's gate window for the model now."""
-        policy = self.table.config.models[model].rollout
-        window_s = policy.window_s if policy is not None else DEFAULT_WINDOW_S
-        return self._windows[model].summary(self.clock(), window_s)
+        """The model's gate window over the fleet now (as last read from the store, with
+        this process's own counts up to now)."""
+        return self.windows.window(model)
 
     def last_action(self, model: str) -> Action | None:
         """The last gate evaluation (why it holds, waits or moved)."""
@@ -164,6 +156,9 @@ class Controller:
         for name, model in self.table.config.models.items():
             if model.rollout is None:
                 continue
+            # The other replicas' newest slots (a store that does not answer leaves this
+            # replica's own window to judge).
+            await self.windows.read(name)
             try:
                 await self._judge(name, model.rollout)
             except StateError as exc:
@@ -178,7 +173,7 @@ class Controller:
         now = self.clock()
         state = self.table.state(name)
         rollout = state.rollout or RolloutState(RolloutStatus.RUNNING, state.changed_at)
-        window = self._windows[name].summary(now, policy.window_s)
+        window = self.windows.window(name)
         action = evaluate(policy, state.serverless_percent, rollout, window, now)
         lease = None if self.leadership is None else self.leadership.lease
         writes = action.kind == "advance" or (

@@ -10,7 +10,7 @@ import asyncio
 import os
 import time
 import zlib
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -337,6 +337,45 @@ class RedisStore:
     async def aclose(self) -> None:
         await self._listener.aclose()
         await self._client.aclose()
+
+    async def publish_window(
+        self, model: str, key: str, start: float, record: dict[str, Any], now: float, ttl_s: float
+    ) -> None:
+        ttl_ms = max(1, round(ttl_s * 1000))
+        index = self._key("windows", model)
+        with self._reached():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(self._key("window", model, key), encode_document(record), px=ttl_ms)
+                pipe.zadd(index, {key: start})
+                # The index lives as long as its newest slot; older members point at keys
+                # that expired.
+                pipe.zremrangebyscore(index, "-inf", f"({start - ttl_s}")
+                pipe.pexpire(index, ttl_ms)
+                await pipe.execute()
+
+    async def window_slots(
+        self, model: str, start: float, known: Collection[str]
+    ) -> tuple[list[str], dict[str, dict[str, Any]]]:
+        with self._reached():
+            keys = cast(
+                list[str],
+                await self._client.zrangebyscore(self._key("windows", model), start, "+inf"),
+            )
+            missing = [key for key in keys if key not in known]
+            values = (
+                cast(
+                    list[str | None],
+                    await self._client.mget([self._key("window", model, k) for k in missing]),
+                )
+                if missing
+                else []
+            )
+        records = {
+            key: jsoncodec.loads(value)
+            for key, value in zip(missing, values, strict=True)
+            if value is not None
+        }
+        return [key for key in keys if key in known or key in records], records
 
 
 def _ms(seconds: float) -> int:

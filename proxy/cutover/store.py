@@ -23,7 +23,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -196,6 +196,20 @@ class StateStore(Protocol):
 
     async def aclose(self) -> None: ...
 
+    async def publish_window(
+        self, model: str, key: str, start: float, record: dict[str, Any], now: float, ttl_s: float
+    ) -> None:
+        """Keep one replica's closed gate-window slot of a model (`fleet.SlotRecord`) under
+        `key` for `ttl_s`; the model's slots past their time go."""
+        ...
+
+    async def window_slots(
+        self, model: str, start: float, known: Collection[str]
+    ) -> tuple[list[str], dict[str, dict[str, Any]]]:
+        """The keys of the model's slots that start at or after `start`, and the records
+        of those not in `known` (a record never changes once published)."""
+        ...
+
 
 def encode_document(obj: Any) -> str:
     return jsoncodec.dumps(obj).decode("utf-8")
@@ -316,6 +330,7 @@ class SqliteStore:
         self.description = f"sqlite:{path}"
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._windows_ready = False
 
     def _connect(self) -> None:
         try:
@@ -507,3 +522,60 @@ class SqliteStore:
                     self._conn = None
 
         await anyio.to_thread.run_sync(close)
+
+    def _windows_table(self, conn: sqlite3.Connection) -> None:
+        if not self._windows_ready:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS window_slots (model TEXT NOT NULL, key TEXT NOT NULL, "
+                "start REAL NOT NULL, expires REAL NOT NULL, record TEXT NOT NULL, "
+                "PRIMARY KEY (model, key))"
+            )
+            conn.execute(
+                "CREATE INDEX IF NOT EXISTS window_slots_start ON window_slots (model, start)"
+            )
+            self._windows_ready = True
+
+    async def publish_window(
+        self, model: str, key: str, start: float, record: dict[str, Any], now: float, ttl_s: float
+    ) -> None:
+        def put(conn: sqlite3.Connection) -> None:
+            self._windows_table(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT OR REPLACE INTO window_slots (model, key, start, expires, record) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (model, key, start, now + ttl_s, encode_document(record)),
+                )
+                conn.execute(
+                    "DELETE FROM window_slots WHERE model = ? AND expires < ?", (model, now)
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        await self._run(put)
+
+    async def window_slots(
+        self, model: str, start: float, known: Collection[str]
+    ) -> tuple[list[str], dict[str, dict[str, Any]]]:
+        def read(conn: sqlite3.Connection) -> tuple[list[str], dict[str, dict[str, Any]]]:
+            self._windows_table(conn)
+            rows = conn.execute(
+                "SELECT key FROM window_slots WHERE model = ? AND start >= ?", (model, start)
+            ).fetchall()
+            keys = [str(row[0]) for row in rows]
+            records: dict[str, dict[str, Any]] = {}
+            for key in keys:
+                if key in known:
+                    continue
+                row = conn.execute(
+                    "SELECT record FROM window_slots WHERE model = ? AND key = ?", (model, key)
+                ).fetchone()
+                if row is not None:
+                    records[key] = jsoncodec.loads(row[0])
+            return keys, records
+
+        return await self._run(read)

@@ -48,6 +48,7 @@ class Worker(Protocol):
 
 CallListener = Callable[[str, Backend, int, float], None]
 ResultListener = Callable[[str, str], None]
+MismatchListener = Callable[[str, Mismatch], None]
 VerdictListener = Callable[[str, Comparison], None]
 
 
@@ -67,7 +68,8 @@ class Shadow:
         `on_call(model, backend, status, seconds)`: every shadow call that reached a
         backend or failed on the way (status of the local error then), for the rollout
         gates; `on_verdict(model, comparison)`; `on_result(model, result)` with result one
-        of the `Verdict` values or `dropped`, for metrics.
+        of the `Verdict` values or `dropped`, for metrics and the gates; `on_mismatch(model,
+        mismatch)` for each mismatch kept, for the fleet's list.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class Shadow:
         self.on_call: list[CallListener] = []
         self.on_verdict: list[VerdictListener] = []
         self.on_result: list[ResultListener] = []
+        self.on_mismatch: list[MismatchListener] = []
         self._tasks = TaskSet()
         # Counted by hand rather than len(self._tasks): a task leaves the set one loop turn
         # after its coroutine returns, and a worker's jobs hold no task here at all. The
@@ -152,7 +155,12 @@ class Shadow:
                 call_listener(job.model, job.shadow, *outcome.call)
         result = outcome.result
         payload = job.inbound.body if self.config.keep_payloads else None
-        self.tally.count(job.model, job.request_id, job.primary, result, outcome.answers, payload)
+        kept = self.tally.count(
+            job.model, job.request_id, job.primary, result, outcome.answers, payload
+        )
+        if kept is not None:
+            for mismatch_listener in self.on_mismatch:
+                mismatch_listener(job.model, kept)
         for listener in self.on_verdict:
             listener(job.model, result)
         self._emit_result(job.model, str(result.verdict))

@@ -128,15 +128,15 @@ class Tally:
         result: Comparison,
         answers: tuple[Answer, Answer] | None,
         payload: bytes | None,
-    ) -> None:
+    ) -> Mismatch | None:
         """Count one verdict; keep a mismatch, with the bodies cut when `payload` is given
-        (the config allows keeping payloads)."""
+        (the config allows keeping payloads). Returns the mismatch kept, if any."""
         book = self._book(model)
         counts = book.counts
         verdict = str(result.verdict)
         setattr(counts, verdict, getattr(counts, verdict) + 1)
         if result.verdict is Verdict.MATCH or book.mismatches.maxlen == 0:
-            return
+            return None
         mismatch = Mismatch(
             at=self.clock(),
             request_id=request_id,
@@ -155,6 +155,7 @@ class Tally:
                 shadow_body=None if answers is None else _cut(answers[1].body),
             )
         book.mismatches.append(mismatch)
+        return mismatch
 
     def parity(self, model: str) -> ParityCounts:
         """A copy of one model's counts since this process started."""

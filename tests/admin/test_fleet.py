@@ -194,4 +194,4 @@ def test_the_workers_of_one_replica_are_members_of_their_own(
     two = one.model_copy(update={"server": one.server.model_copy(update={"workers": 2})})
     runtime = build_runtime(two)
     assert runtime.replica_id == "pod-a"  # the access log and /readyz name the replica
-    assert runtime.cutover.replica_id == f"pod-a/{os.getpid()}"
+    assert runtime.cutover.replica_id == f"pod-a#{os.getpid()}"

@@ -121,7 +121,7 @@ async def fleet(redis_url: str) -> AsyncIterator[Fleet]:
                 RedisStore(redis_url, prefix=prefix),
                 clock=clock or Clock(),
                 poll_s=3600,  # the test ticks; the lease and heartbeat loops run
-                replica_id=f"r{i}",
+                replica=f"r{i}",
             )
             await cutover.start()
             made.append(cutover)

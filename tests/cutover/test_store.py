@@ -174,3 +174,44 @@ def test_open_store_by_url(url: str | None, kind: type) -> None:
 def test_open_store_refuses_other_schemes() -> None:
     with pytest.raises(StateError, match="not a store"):
         open_store("postgres://db/state")
+
+
+# --- the gate windows' slots ----------------------------------------------------------
+
+
+def slot(replica: str, index: int) -> dict[str, object]:
+    return {"replica": replica, "index": index, "calls": index}
+
+
+async def test_window_slots_are_shared_and_fetched_once(factory: StoreFactory) -> None:
+    a, b = factory(), factory()
+    await a.open()
+    await b.open()
+    try:
+        await a.publish_window("iris", "a|5@1|100", 1000.0, slot("a", 100), 1010.0, 70.0)
+        await b.publish_window("iris", "b|5@1|100", 1000.0, slot("b", 100), 1010.0, 70.0)
+        await b.publish_window("iris", "b|5@1|101", 1010.0, slot("b", 101), 1020.0, 70.0)
+        await b.publish_window("other", "b|5@1|101", 1010.0, slot("x", 0), 1020.0, 70.0)
+        keys, records = await a.window_slots("iris", 1000.0, ())
+        assert sorted(keys) == ["a|5@1|100", "b|5@1|100", "b|5@1|101"]
+        assert records["b|5@1|101"] == slot("b", 101)
+        # Known keys are listed, not fetched again; older slots are not listed.
+        keys, records = await a.window_slots("iris", 1005.0, {"b|5@1|101"})
+        assert (keys, records) == (["b|5@1|101"], {})
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_window_slots_expire(store: StateStore) -> None:
+    if isinstance(store, RedisStore):
+        # Redis expires on its own clock (PEXPIRE): a short time to live, really waited.
+        await store.publish_window("iris", "a|5@1|1", 0.0, slot("a", 1), 0.0, 0.2)
+        await anyio.sleep(0.4)
+    else:
+        await store.publish_window("iris", "a|5@1|1", 0.0, slot("a", 1), 0.0, 70.0)
+        # The next publication after the time to live takes the old one away.
+        await store.publish_window("iris", "a|5@1|9", 80.0, slot("a", 9), 80.5, 70.0)
+    keys, records = await store.window_slots("iris", 0.0, ())
+    assert "a|5@1|1" not in keys
+    assert "a|5@1|1" not in records
