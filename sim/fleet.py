@@ -122,7 +122,7 @@ error_log {prefix / "error.log"} warn;
 events {{ worker_connections 4096; }}
 http {{
 {temp}
-    log_format fleet '$msec $status $request_time "$request" $upstream_addr $upstream_status';
+    log_format fleet '$msec $status $request_time "$request" "$upstream_addr" "$upstream_status"';
     access_log {prefix / "access.log"} fleet;
     upstream replicas {{
 {servers}
