@@ -150,6 +150,22 @@ http {{
 """
 
 
+def _binary(name: str) -> str | None:
+    """Where a system binary is; /usr/sbin too, which a non-root PATH often lacks."""
+    found = shutil.which(name)
+    if found is None and os.access(f"/usr/sbin/{name}", os.X_OK):
+        found = f"/usr/sbin/{name}"
+    return found
+
+
+def missing() -> str | None:
+    """Why a fleet cannot start here (a system binary is not installed), or None."""
+    for name, why in (("redis-server", REDIS_MISSING), ("nginx", NGINX_MISSING)):
+        if _binary(name) is None:
+            return why
+    return None
+
+
 def _pong(port: int) -> bool:
     try:
         with socket.create_connection((LOOPBACK, port), timeout=0.5) as sock:
@@ -229,9 +245,9 @@ class Fleet:
             FleetError: a binary is missing or a part did not come up; what did start is
                 stopped again.
         """
-        for binary, missing in (("redis-server", REDIS_MISSING), ("nginx", NGINX_MISSING)):
-            if shutil.which(binary) is None:
-                raise FleetError(missing)
+        why = missing()
+        if why is not None:
+            raise FleetError(why)
         try:
             self.start_redis()
             self._start_simulators()
@@ -271,7 +287,7 @@ class Fleet:
     def start_redis(self) -> None:
         """Start redis-server (again) on its port, with its data kept in its own directory."""
         self.redis_dir.mkdir(exist_ok=True)
-        binary = shutil.which("redis-server") or "redis-server"
+        binary = _binary("redis-server") or "redis-server"
         command = [
             binary, "--port", str(self.redis_port), "--bind", LOOPBACK,
             "--dir", str(self.redis_dir), "--daemonize", "no", "--save", "",
@@ -366,7 +382,7 @@ class Fleet:
             for path in (self.workdir, self.nginx_prefix):
                 path.chmod(0o711)
         conf = self._write_nginx_config()
-        binary = shutil.which("nginx") or "nginx"
+        binary = _binary("nginx") or "nginx"
         command = [binary, "-p", str(self.nginx_prefix), "-c", str(conf)]
         self._nginx = Child("nginx", command, self.workdir / "nginx.log", self.workdir)
         with httpx.Client(trust_env=False) as client:

@@ -32,7 +32,7 @@ import pytest
 import redis
 
 from proxy.config import ConfigError, parse_config
-from sim.fleet import REPLICA_NAMES, Fleet, Replica, nginx_config, replica_config
+from sim.fleet import REPLICA_NAMES, Fleet, Replica, missing, nginx_config, replica_config
 from tests.integration.proxy_process import PROJECT_ROOT
 
 pytestmark = [
@@ -99,6 +99,9 @@ def _supports(extra: dict[str, Any]) -> bool:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    why = missing()
+    if why is not None:
+        pytest.skip(f"{why}; scripts/test installs it as root with apt-get")
     workdir = tmp_path_factory.mktemp("fleet")
     env = {**os.environ, "SERVING_PROXY_ADMIN_TOKEN": TOKEN}
     with Fleet(workdir, models=MODELS, extra_config=_extra_config(), env=env) as running:
