@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -36,6 +37,7 @@ from starlette.types import ASGIApp
 from proxy import handlers, jsoncodec
 from proxy.admin import api as admin
 from proxy.admin import dashboard
+from proxy.admin.views import gate_window_view
 from proxy.asgi import ALL_METHODS, ReplyResponse, record_of
 from proxy.budget import MemoryBudget, budget_bytes
 from proxy.config import ProxyConfig
@@ -185,6 +187,8 @@ def follow(hub: Hub, runtime: Runtime) -> None:
         hub.note_rollout(model, "rollback" if action == "rollback" else None)
 
     hub.set_rollout_source(source)
+    # The report and the dashboard show the gate windows over the fleet, as status does.
+    hub.set_fleet_source(partial(gate_window_view, cutover), cutover.windows.read_all)
     cutover.on_probe.append(lambda model, result: hub.probe_result(model, result.ok))
     cutover.on_change.append(changed)
     runtime.shadow.on_result.append(hub.shadow_result)

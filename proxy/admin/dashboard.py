@@ -74,6 +74,7 @@ async def report(request: Request) -> Response:
     reporting = reporting_of(request)
     if reporting.stats is None:
         raise AdminError(404, "stats_off", "statistics are off (reporting.stats: false)", NO_STORE)
+    await reporting.refresh_fleet()
     return _json(reporting.report())
 
 

@@ -120,6 +120,15 @@ def fleet_view(fleet: FleetWindow) -> dict[str, Any]:
     }
 
 
+def gate_window_view(cutover: Cutover, name: str) -> dict[str, Any] | None:
+    """The model's gate window over the fleet with its shadow results by kind, for the
+    report and the dashboard; None for a model the config does not serve."""
+    if name not in cutover.models():
+        return None
+    fleet = cutover.fleet_window(name)
+    return {**fleet_view(fleet), "parity": ParityCounts(**fleet.parity).to_json()}
+
+
 def model_view(runtime: Runtime, name: str, *, mismatches: bool) -> dict[str, Any]:
     """One model as the admin API shows it: the cutover view, its shadow parity, the
     process-wide shadow slots, and with `mismatches` the last mismatched requests. Parity

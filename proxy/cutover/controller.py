@@ -24,7 +24,7 @@ from proxy.cutover.commands import Commands, to_state
 from proxy.cutover.deferred import Deferred
 from proxy.cutover.probe import Probe, ProbeResult, before_step, retry_after_s
 from proxy.cutover.rollout import Action, RolloutState, RolloutStatus, WindowStats, evaluate
-from proxy.cutover.shared import DEFAULT_WINDOW_S, SharedWindows, default_publisher_id
+from proxy.cutover.shared import SharedWindows, default_publisher_id
 from proxy.cutover.store import StateError
 from proxy.cutover.table import LiveTable, ModelState
 from proxy.models import Backend
@@ -32,7 +32,6 @@ from proxy.tasks import TaskSet
 
 LOGGER = logging.getLogger("serving_proxy.cutover")
 ROLLOUT_ACTOR = "rollout"
-__all__ = ["DEFAULT_WINDOW_S", "ROLLOUT_ACTOR", "Controller", "ProbeListener"]
 # Told (model, result) after every probe sent, by the rollout or by an admin change.
 ProbeListener = Callable[[str, ProbeResult], None]
 

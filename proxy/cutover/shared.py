@@ -24,7 +24,15 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxy.cutover.fleet import Epoch, FleetWindow, SlotRecord, fleet_window, select
+from proxy.cutover.fleet import (
+    Epoch,
+    FleetWindow,
+    SlotRecord,
+    Totals,
+    fleet_window,
+    select,
+    totals,
+)
 from proxy.cutover.rollout import WindowStats
 from proxy.cutover.store import StateError, StateStore
 from proxy.cutover.table import LiveTable, ModelState
@@ -75,8 +83,11 @@ class SharedWindows:
             self._windows[name] = Window(slot_s, self.keep, self._epoch(table.state(name)))
         # What the other replicas published, by model and key, as last read.
         self._others: dict[str, dict[str, SlotRecord]] = {name: {} for name in config.models}
+        self._unreadable: dict[str, set[str]] = {name: set() for name in config.models}
         self._reached: dict[str, bool] = dict.fromkeys(config.models, True)
         self._publishing_ok = True
+        # The sum of the closed slots in each model's window, and which slots they were.
+        self._closed_totals: dict[str, tuple[frozenset[str], Totals]] = {}
 
     def window_s(self, model: str) -> float:
         policy = self.table.config.models[model].rollout
@@ -120,9 +131,6 @@ class SharedWindows:
         for name, window in self._windows.items():
             window.restart(self._epoch(self.table.state(name)))
 
-    def epoch(self, model: str) -> Epoch:
-        return self._windows[model].epoch
-
     # --- sharing -----------------------------------------------------------------------
 
     async def publish(self) -> int:
@@ -158,9 +166,10 @@ class SharedWindows:
         now = self.clock()
         window = self._windows[model]
         cache = self._others[model]
+        unreadable = self._unreadable[model]
         try:
             keys, fresh = await self.store.window_slots(
-                model, now - self.window_s(model) - window.slot_s, cache.keys()
+                model, now - self.window_s(model) - window.slot_s, cache.keys() | unreadable
             )
         except StateError:
             self._reached[model] = False
@@ -170,7 +179,10 @@ class SharedWindows:
             try:
                 kept[key] = SlotRecord.from_json(data)
             except (KeyError, TypeError, ValueError) as exc:
+                # Said once: the key is not fetched again while it is listed.
                 LOGGER.warning("%s: ignoring an unreadable window slot %s: %s", model, key, exc)
+                unreadable.add(key)
+        self._unreadable[model] = unreadable & set(keys)
         self._others[model] = kept
         self._reached[model] = True
         return True
@@ -179,23 +191,39 @@ class SharedWindows:
         for name in self._windows:
             await self.read(name)
 
-    def fleet(self, model: str) -> FleetWindow:
-        """The model's window over the fleet now: this replica's slots (the open one too)
-        and the others' as last read; this replica's alone while the store is out."""
+    def _records(self, model: str) -> list[SlotRecord]:
+        """This replica's slots (the open one too) and the others' as last read, in the
+        window and the epoch; this replica's alone while the store is out."""
         now = self.clock()
         window = self._windows[model]
         window_s = self.window_s(model)
         local = window.records(self.replica, now, window_s)
-        reached = self._reached[model]
-        others: list[SlotRecord] = []
-        if reached:
-            # A slot this process still holds is counted from memory, not from its copy in
-            # the store (a former process of the same replica id is read from the store).
-            mine = {record.key for record in local}
-            candidates = [r for key, r in self._others[model].items() if key not in mine]
-            others = select(candidates, window.epoch, now, window_s)
-        return fleet_window([*local, *others], self.keep, shared=reached)
+        if not self._reached[model]:
+            return local
+        # A slot this process still holds is counted from memory, not from its copy in the
+        # store (a former process of the same replica id is read from the store).
+        mine = {record.key for record in local}
+        candidates = [r for key, r in self._others[model].items() if key not in mine]
+        return [*local, *select(candidates, window.epoch, now, window_s)]
+
+    def fleet(self, model: str) -> FleetWindow:
+        """The model's window over the fleet now, with each replica's own figures."""
+        return fleet_window(self._records(model), self.keep, shared=self._reached[model])
 
     def window(self, model: str) -> WindowStats:
-        """The merged gate window the rollout judges."""
-        return self.fleet(model).stats
+        """The merged gate window the rollout judges (no per-replica breakdown).
+
+        Closed slots never change, so their sum is kept while the same ones are in the
+        window; each evaluation adds only this replica's open slot to a copy of it."""
+        now = self.clock()
+        records = self._records(model)
+        closed = [r for r in records if r.end <= now]
+        key = frozenset(r.key for r in closed)
+        cached = self._closed_totals.get(model)
+        if cached is None or cached[0] != key:
+            cached = self._closed_totals[model] = (key, totals(closed))
+        merged = cached[1].copy()
+        for record in records:
+            if record.end > now:
+                merged.add(record)
+        return merged.stats()

@@ -8,7 +8,7 @@ becomes a `fleet.SlotRecord`: the closed ones are published for the other replic
 (`shared`), and the open one counts here at once. In memory; no I/O, no clock of its own
 (callers pass the time of each sample).
 
-Latencies wait in a dict by value and reach the slot's histogram when it is read:
+Latencies wait in a dict by HDR bucket and reach the slot's histogram when it is read:
 `record_value` is pure Python and costs several times a dict increment on the hot path.
 """
 
@@ -21,7 +21,26 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from proxy.cutover.fleet import Epoch, SlotRecord, in_window, new_histogram, to_us
+from proxy.cutover.fleet import (
+    HIGHEST_US,
+    LOWEST_US,
+    Epoch,
+    SlotRecord,
+    in_window,
+    new_histogram,
+    to_us,
+)
+
+# An HDR histogram keeps this many top bits of a value (its sub-bucket resolution): values
+# wait in `pending` cut to them, so a slot holds a few thousand distinct ones at most.
+BUCKET_BITS = new_histogram().sub_bucket_half_count_magnitude + 1
+
+
+def bucketed_us(seconds: float) -> int:
+    """The latency in µs, cut to the lowest value of its HDR bucket (the same bucket)."""
+    value = to_us(seconds)
+    shift = value.bit_length() - BUCKET_BITS
+    return value >> shift << shift if shift > 0 else value
 
 
 def is_error(status: int) -> bool:
@@ -40,13 +59,13 @@ class Latencies:
     pending: dict[int, int] = field(default_factory=dict)
 
     def add(self, seconds: float) -> None:
-        value = to_us(seconds)
+        value = bucketed_us(seconds)
         self.pending[value] = self.pending.get(value, 0) + 1
 
     def histogram(self) -> HdrHistogram | None:
         if self.pending:
             for value, count in self.pending.items():
-                self.hist.record_value(value, count)
+                self.hist.record_value(min(max(value, LOWEST_US), HIGHEST_US), count)
             self.pending.clear()
         return self.hist if self.hist.get_total_count() else None
 
@@ -121,8 +140,12 @@ class Window:
             if status >= 500 or status == 429:  # is_error, inline: once per request
                 slot.serverless_errors += 1
             if seconds is not None:
+                # `bucketed_us`, inline (once per request); clamped when recorded.
+                value = int(seconds * 1e6 + 0.5)
+                shift = value.bit_length() - BUCKET_BITS
+                if shift > 0:
+                    value = value >> shift << shift
                 pending = slot.serverless.pending
-                value = to_us(seconds)
                 pending[value] = pending.get(value, 0) + 1
         elif seconds is not None and not is_error(status):
             slot.legacy_calls += 1

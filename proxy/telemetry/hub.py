@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ LOGGER = logging.getLogger("serving_proxy")
 # How soon after a request a worker's statistics file is rewritten: the report from another
 # worker lags by at most this much, and an idle worker writes nothing.
 PUBLISH_DELAY_S = 1.0
+# A model's rollout gate window over the fleet, JSON-ready (None: no such model).
+FleetSource = Callable[[str], dict[str, Any] | None]
 
 
 def rollout_from(config: ProxyConfig) -> RolloutSource:
@@ -76,6 +78,11 @@ class Hub:
     labels: ClientLabels = field(default_factory=lambda: ClientLabels(None))
     _pending: bool = field(default=False, init=False, repr=False)
     _closed: bool = field(default=False, init=False, repr=False)
+    # The gate windows over the fleet (the cutover's), and how to fetch their newest.
+    _fleet: FleetSource | None = field(default=None, init=False, repr=False)
+    _fleet_refresh: Callable[[], Awaitable[None]] | None = field(
+        default=None, init=False, repr=False
+    )
 
     @classmethod
     def build(
@@ -253,4 +260,20 @@ class Hub:
             self.stats.note_rollout(model, now)
         peers = self._peers()
         snapshot = self.stats.snapshot(now, peers)
+        if self._fleet is not None:
+            for model, view in snapshot["models"].items():
+                view["gate_window"] = self._fleet(model)
         return {"version": __version__, "workers": 1 + len(peers), **snapshot}
+
+    def set_fleet_source(
+        self, source: FleetSource, refresh: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Show each model's rollout gate window over the fleet in the report, fetching
+        the other replicas' newest with `refresh` first (`refresh_fleet`)."""
+        self._fleet = source
+        self._fleet_refresh = refresh
+
+    async def refresh_fleet(self) -> None:
+        """Fetch the other replicas' newest window slots before a report."""
+        if self._fleet_refresh is not None:
+            await self._fleet_refresh()

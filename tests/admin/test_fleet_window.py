@@ -94,6 +94,11 @@ async def test_either_replica_shows_the_fleet_window(
                 break
             assert time.monotonic() - start < DEADLINE_S, [v["window"] for v in views]
             await anyio.sleep(0.2)
+        # The report behind the dashboard shows the same window for each model.
+        reports = [
+            (await c.get("/admin/report", headers=AUTH)).json()["models"]["iris"]["gate_window"]
+            for c in (a, b)
+        ]
 
     for view in views:
         window = view["window"]
@@ -106,6 +111,9 @@ async def test_either_replica_shows_the_fleet_window(
         assert view["parity"]["compared"] == 8
     assert views[0]["window"] == views[1]["window"]
     assert views[0]["parity"] == views[1]["parity"]
+    for gate_window in reports:
+        assert {k: v for k, v in gate_window.items() if k != "parity"} == views[0]["window"]
+        assert gate_window["parity"] == views[0]["parity"]
     # `status` prints the fleet's parity, the same from either replica.
     lines = []
     for view in views:

@@ -21,6 +21,7 @@ from proxy.cutover.fleet import (
     to_us,
 )
 from proxy.cutover.rollout import WindowStats
+from proxy.cutover.window import Window, bucketed_us
 
 EPOCH = Epoch(25.0, 1000.0, 900.0)
 
@@ -225,3 +226,42 @@ def test_a_record_survives_json() -> None:
     assert back.key == "pod-7|25@1000.000000|100"
     assert back.serverless_latency is not None
     assert back.serverless_latency.get_total_count() == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(latency)
+def test_a_latency_waits_in_the_bucket_the_histogram_would_put_it_in(seconds: float) -> None:
+    hist = new_histogram()
+    value = to_us(seconds)
+    assert bucketed_us(seconds) == hist.get_lowest_equivalent_value(value)
+
+
+def test_a_parity_kind_this_version_does_not_know_is_left_out() -> None:
+    newer = record("b", parity=(("match", 2), ("semantic_mismatch", 3)))
+    fleet = fleet_window([newer], keep=1)
+    assert "semantic_mismatch" not in fleet.parity
+    assert (fleet.stats.parity_samples, fleet.stats.parity_matches) == (2, 2)
+
+
+@pytest.mark.parametrize("histogram_text", ["xx", "SGVsbG8=", "HISTFAAAAB"])
+def test_an_unreadable_histogram_is_a_value_error(histogram_text: str) -> None:
+    data = record("b", calls=1, latencies=(0.1,)).to_json()
+    data["serverless"][2] = histogram_text
+    with pytest.raises(ValueError, match="latency histogram"):
+        SlotRecord.from_json(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=5000.0, allow_nan=False), min_size=1))
+def test_a_window_slot_holds_the_histogram_of_its_calls(seconds: list[float]) -> None:
+    window = Window(10.0, 0, EPOCH)
+    for s in seconds:
+        window.count_call(1005.0, True, 200, s)
+        window.count_call(1005.0, False, 200, s)
+    (slot,) = window.records("a", 1005.0, 60.0)
+    want = histogram(*seconds)
+    for got in (slot.serverless_latency, slot.legacy_latency):
+        assert got is not None
+        assert got.get_total_count() == len(seconds)
+        for p in (50.0, 99.0, 100.0):
+            assert got.get_value_at_percentile(p) == want.get_value_at_percentile(p)

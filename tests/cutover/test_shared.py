@@ -261,3 +261,20 @@ async def test_without_the_store_the_gates_judge_this_replicas_own_window() -> N
         for cutover in made:
             await cutover.aclose()
         server.__exit__(None, None, None)
+
+
+async def test_an_unreadable_slot_is_skipped_and_said_once(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    a, b = await fleet(fleet_config(), clock)
+    feed(b, ok=4)
+    await next_slot(clock, b)
+    await b.store.publish_window(
+        "iris", "c|5@0|1", clock.now - SLOT_S, {"replica": "c"}, clock.now, 70.0
+    )
+    for _ in range(3):
+        await a.read_window("iris")
+    assert a.window("iris").serverless_calls == 4
+    unreadable = [r for r in caplog.records if "unreadable window slot" in r.getMessage()]
+    assert len(unreadable) == 1

@@ -193,6 +193,7 @@ def test_dashboard_draws_a_scripted_run_without_console_errors(chromium: str) ->
                 "models": {"iris": {"serverless_percent": 0, "shadow_percent": 100}},
                 "client_key": {"header": "x-client-app"},
                 "reporting": {"slot": "1s", "window": "60s", "show_client_header": True},
+                "server": {"replica_id": "dash-1"},
             },
             {ADMIN_TOKEN_ENV: TOKEN},
         )
@@ -234,6 +235,10 @@ def test_dashboard_draws_a_scripted_run_without_console_errors(chromium: str) ->
                     "[...document.querySelectorAll('table.clients td:first-child')]"
                     ".map(td => td.textContent)"
                 )
+                gate_window = tools.evaluate(
+                    "[...document.querySelectorAll('table.gate-window tr')]"
+                    ".map(tr => [...tr.children].map(c => c.textContent))"
+                )
                 rollbacks = tools.evaluate(
                     "document.querySelectorAll('svg[data-chart=weight] polygon.rollback').length"
                 )
@@ -255,5 +260,10 @@ def test_dashboard_draws_a_scripted_run_without_console_errors(chromium: str) ->
     assert summary[0] == "iris"
     assert summary[1] == str(sent)
     assert sorted(clients) == [f"batch-job-{i}" for i in range(5)]
+    # The gate window over the fleet (one replica here): since the rollback, 30 legacy
+    # answers, each shadowed to serverless.
+    assert [row[0] for row in gate_window[1:]] == ["fleet", "dash-1"]
+    assert gate_window[1][4] == "30"
+    assert gate_window[1][1] == "30"
     assert path.stat().st_size > 10_000
     assert os.access(path, os.R_OK)

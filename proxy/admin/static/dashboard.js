@@ -243,6 +243,36 @@
     return table;
   }
 
+  // The rollout gates' window over the fleet: every replica's slots since the weight took
+  // effect, merged, then each replica's own (what the gates and `status` read).
+  function gateWindowTable(gw) {
+    const wrap = el("div", { class: "gate-window" });
+    const shared = gw.shared
+      ? `${plural(Object.keys(gw.replicas).length, "replica")}`
+      : "this replica's window only: the state store is unreachable";
+    wrap.appendChild(el("h3", {}, "Rollout gate window over the fleet "));
+    wrap.lastChild.appendChild(el("span", { class: "muted" }, `(since the weight took effect; ${shared})`));
+    const table = el("table", { class: "gate-window" });
+    const head = el("tr");
+    for (const h of ["replica", "serverless calls", "errors", "serverless p99 ms",
+      "legacy calls", "legacy p99 ms", "parity compared", "matches"]) {
+      head.appendChild(el("th", {}, h));
+    }
+    table.appendChild(head);
+    const rows = [["fleet", gw], ...Object.entries(gw.replicas)];
+    for (const [name, w] of rows) {
+      const tr = el("tr");
+      for (const text of [name, String(w.serverless_calls), String(w.serverless_errors),
+        ms(w.serverless_p99_ms), String(w.legacy_calls), ms(w.legacy_p99_ms),
+        String(w.parity_samples), String(w.parity_matches)]) {
+        tr.appendChild(el("td", {}, text));
+      }
+      table.appendChild(tr);
+    }
+    wrap.appendChild(table);
+    return wrap;
+  }
+
   function summaryRow(name, v) {
     const tr = el("tr");
     const l = v.backends.legacy, s = v.backends.serverless;
@@ -283,6 +313,7 @@
       weightChart(charts, view, report.now);
       parityChart(charts, view);
       card.appendChild(charts);
+      if (view.gate_window) card.appendChild(gateWindowTable(view.gate_window));
       card.appendChild(el("h3", {}, "Legacy clients (still calling /model/<name>/<version>/invocations)"));
       if (view.clients.length) card.appendChild(clientsTable(view, report.now));
       else card.appendChild(el("p", { class: "muted" }, "none seen"));
