@@ -415,23 +415,12 @@ def test_redis_restarted_under_load(fleet: Fleet, tmp_path: Path) -> None:
     load = Load(fleet, tmp_path, duration_s=20)
     time.sleep(1)
     fleet.stop_redis()
-    stale_seen: bool | None = None
-    replicas_view = _optional(a, "/admin/replicas")
-    if replicas_view is not None:
-
-        def all_stale() -> bool:
-            for r in (a, b, c):
-                rows = (_optional(r, "/admin/replicas") or {}).get("replicas", [])
-                mine = [row for row in rows if row.get("id", row.get("replica_id")) == r.replica_id]
-                if not mine or not mine[0].get("stale"):
-                    return False
-            return True
-
-        _until(all_stale, deadline_s=15, every=0.2)
-        stale_seen = True
-    # While the store is out a pause still takes effect here, and is written later.
+    offered = _optional(a, "/admin/replicas") is not None
+    if offered:
+        _until(lambda: all(_stale(r) for r in (a, b, c)), deadline_s=15, every=0.2)
+    # While the store is out a rollback still takes effect here, and is written later.
     reply = httpx.post(
-        b.url + "/admin/models/iris/pause", headers=AUTH, json={"reason": "during the outage"}
+        b.url + "/admin/models/iris/rollback", headers=AUTH, json={"reason": "during the outage"}
     )
     assert reply.status_code == 202
     assert reply.json()["persisted"] is False
@@ -443,8 +432,12 @@ def test_redis_restarted_under_load(fleet: Fleet, tmp_path: Path) -> None:
     def converged() -> bool:
         views = [_view(r) for r in (a, b, c)]
         audit = _admin(a, "GET", "/admin/audit?limit=1000")["audit"]
-        return all(v["persisted"] is not False for v in views) and any(
-            e["reason"] == "during the outage" for e in audit
+        fresh = not offered or not any(_stale(r) for r in (a, b, c))
+        return (
+            fresh
+            and all(v["persisted"] is not False for v in views)
+            and all(v["rollout"]["status"] == "rolled_back" for v in views)
+            and any(e["reason"] == "during the outage" for e in audit)
         )
 
     _until(converged, deadline_s=20, every=0.1)
@@ -454,14 +447,21 @@ def test_redis_restarted_under_load(fleet: Fleet, tmp_path: Path) -> None:
     print(
         f"\nredis restart: converged {took:.2f} s after Redis returned; "
         f"{summary['failures']} failed of {summary['requests']}; stale flag: "
-        f"{'seen on every replica' if stale_seen else 'GET /admin/replicas not there yet'}"
+        f"{'seen on every replica' if offered else 'GET /admin/replicas not there yet'}"
     )
     assert took < 5
     assert summary["failures"] == 0
-    # Nothing written before the outage is lost, and the pause made during it is there.
+    # Nothing written before the outage is lost, and the rollback made during it is there.
     key = lambda e: (e["at"], e["action"], e["reason"])  # noqa: E731
     assert {key(e) for e in audit_before} <= {key(e) for e in audit_after}
     assert len(audit_after) == len(audit_before) + 1
+
+
+def _stale(replica: Replica) -> bool:
+    """What the replica says of itself in `GET /admin/replicas`."""
+    rows = (_optional(replica, "/admin/replicas") or {}).get("replicas", [])
+    mine = [row for row in rows if row.get("replica_id") == replica.replica_id]
+    return bool(mine and mine[0].get("stale"))
 
 
 def test_status_on_any_replica_shows_the_same_fleet_window(fleet: Fleet) -> None:
