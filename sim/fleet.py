@@ -42,9 +42,10 @@ REPLICA_NAMES: Final = ("replica-a", "replica-b", "replica-c")
 LOOPBACK: Final = "127.0.0.1"
 START_TIMEOUT_S: Final = 30.0
 NGINX_WORKERS: Final = 1
-# A replica that refused a connection is left alone this long before nginx tries it again.
-NGINX_FAIL_TIMEOUT_S: Final = 2
 NGINX_KEEPALIVE: Final = 32
+# Under the replicas' own keep-alive timeout (uvicorn's 5 s): nginx closes an idle
+# connection first, so it never sends a request down one the replica is closing.
+NGINX_KEEPALIVE_TIMEOUT_S: Final = 4
 RELOAD_TIMEOUT_S: Final = 10.0
 REDIS_MISSING: Final = "redis-server is not installed (Debian package redis-server)"
 NGINX_MISSING: Final = "nginx is not installed (Debian package nginx)"
@@ -105,9 +106,11 @@ def replica_config(
 
 def nginx_config(prefix: Path, listen_port: int, upstreams: Mapping[int, bool]) -> str:
     """nginx.conf for the load balancer: `upstreams` maps a replica's port to in-service."""
+    # max_fails=0: a replica is never marked unavailable for a refused connection (which
+    # nginx hands to the next one at no cost on loopback), so replicas restarted in turn
+    # can never leave nginx with "no live upstreams".
     servers = "\n".join(
-        f"        server {LOOPBACK}:{port} max_fails=1 fail_timeout={NGINX_FAIL_TIMEOUT_S}s"
-        f"{'' if up else ' down'};"
+        f"        server {LOOPBACK}:{port} max_fails=0{'' if up else ' down'};"
         for port, up in upstreams.items()
     )
     temp = "\n".join(
@@ -127,6 +130,7 @@ http {{
     upstream replicas {{
 {servers}
         keepalive {NGINX_KEEPALIVE};
+        keepalive_timeout {NGINX_KEEPALIVE_TIMEOUT_S}s;
     }}
     server {{
         listen {LOOPBACK}:{listen_port};
