@@ -36,7 +36,7 @@ from starlette.types import ASGIApp
 
 from proxy import handlers, jsoncodec
 from proxy.admin import api as admin
-from proxy.admin import dashboard
+from proxy.admin import dashboard, fleet
 from proxy.admin.views import gate_window_view
 from proxy.asgi import ALL_METHODS, ReplyResponse, record_of
 from proxy.budget import MemoryBudget, budget_bytes
@@ -94,11 +94,19 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Readiness: the lifespan has built the upstream pools. The detail names the replica
-    that answered."""
+    that answered and says whether it is `stale`: cut off from the state store, serving
+    its last known table. A stale replica stays ready: it serves as well as it did a
+    moment ago, and if every replica lost the store at once (the store is the one that
+    failed), taking them all out of the Service would turn a store outage into a full one.
+    """
     runtime: Runtime | None = getattr(request.state, "runtime", None)
     if runtime is None:
         return ReplyResponse(Reply(503, b'{"status":"starting"}'))
-    detail = {"status": "ready", "replica_id": runtime.replica_id}
+    detail = {
+        "status": "ready",
+        "replica_id": runtime.replica_id,
+        "stale": runtime.cutover.stale,
+    }
     return ReplyResponse(Reply(200, jsoncodec.dumps(detail)))
 
 
@@ -158,7 +166,10 @@ def build_runtime(
     credentials = build_credentials(config)
     # The rollout's readiness probe goes the clients' way: these pools and credentials.
     cutover = Cutover(
-        config, probe=prober(pools, credentials), replica=window_publisher(config, replica_id)
+        config,
+        probe=prober(pools, credentials),
+        replica=window_publisher(config, replica_id),
+        replica_id=replica_id,
     )
     worker = ShadowWorker(config) if config.shadow.isolation == "process" else None
     shadow = Shadow(
@@ -169,7 +180,10 @@ def build_runtime(
     shadow.on_call.append(cutover.count_call)
     shadow.on_result.append(cutover.count_shadow)
     shadow.on_mismatch.append(lambda model, kept: cutover.count_mismatch(model, kept.to_json()))
-    return Runtime(config, pools, credentials, cutover, shadow, replica_id)
+    runtime = Runtime(config, pools, credentials, cutover, shadow, replica_id)
+    # The heartbeat says how many requests this replica has in flight.
+    cutover.presence.in_flight = lambda: runtime.in_flight
+    return runtime
 
 
 def follow(hub: Hub, runtime: Runtime) -> None:
@@ -262,7 +276,7 @@ def create_app(
         sink(record)
 
     app = ProxyApp(
-        routes=[*routes(), *dashboard.routes(), *admin.routes()],
+        routes=[*routes(), *dashboard.routes(), *admin.routes(), *fleet.routes()],
         outer=[
             Middleware(
                 RequestContextMiddleware,

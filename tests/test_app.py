@@ -367,7 +367,7 @@ async def test_health_endpoints(serverless: LiveServer) -> None:
     async with proxy(make_config(serverless, server={"replica_id": "proxy-a"})) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = (await client.get("/readyz")).json()
-        assert ready == {"status": "ready", "replica_id": "proxy-a"}
+        assert ready == {"status": "ready", "replica_id": "proxy-a", "stale": False}
 
 
 async def test_one_access_line_per_request_without_tokens_or_bodies(

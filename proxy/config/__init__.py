@@ -20,6 +20,7 @@ from proxy.config.base import NAME_RE, VERSION_RE, Frozen, Percent
 from proxy.config.cutover import (
     ClientKeyConfig,
     CompareConfig,
+    FleetConfig,
     RedisConfig,
     RolloutConfig,
     RouteOverrideConfig,
@@ -136,6 +137,8 @@ class ProxyConfig(Frozen):
     # redis://host:port/db, so that every worker and replica routes alike.
     state: str | None = None
     redis: RedisConfig = RedisConfig()
+    # The replicas' rollout leader (and what else they share beyond `state:`).
+    cutover: FleetConfig = FleetConfig()
     client_key: ClientKeyConfig = ClientKeyConfig()
     route_override: RouteOverrideConfig = RouteOverrideConfig()
     shadow: ShadowConfig = ShadowConfig()

@@ -127,6 +127,17 @@ class RolloutConfig(Frozen):
         return self.window if self.window is not None else self.interval
 
 
+DEFAULT_LEADER_TTL_S = 10.0
+
+
+class FleetConfig(Frozen):
+    """`cutover:`, what the replicas of one deployment share beyond the state itself."""
+
+    # The rollout leader's lease: renewed every third of it; a leader that dies is
+    # replaced within about this long.
+    leader_ttl_s: float = Field(DEFAULT_LEADER_TTL_S, ge=1.0, le=300.0)
+
+
 class RedisConfig(Frozen):
     """How to reach a `redis://` state store beyond its URL: the password from the
     environment, so that it need not sit in the config file's URL."""

@@ -6,7 +6,9 @@ One module per job; `Cutover` only wires them together for the app:
 - `state`: one model's state as stored; `deferred`: a rollback or pause applied here
   before the store has it, and the rule that writes it when the store is back;
 - `commands`: compare-and-set changes through the store, and their audit log;
-- `sync`: following the store (the poll loop), so every replica sees every change;
+- `sync`: following the store (its announcements, and the poll loop), so every replica
+  sees every change;
+- `lease`: the rollout leader's lease; `presence`: the replicas' heartbeats and list;
 - `controller`: the rollout controller; `shared`, `window` and `fleet`: the gate window
   it judges, this process's slots published to the store and merged with every replica's;
 - `probe`: the readiness probe's result and whether a step up may go ahead;
@@ -15,6 +17,7 @@ One module per job; `Cutover` only wires them together for the app:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -24,10 +27,12 @@ from urllib.parse import urlsplit
 from proxy.config import ProxyConfig
 from proxy.cutover.commands import ChangeError, Commands
 from proxy.cutover.controller import Controller
+from proxy.cutover.lease import Leadership
+from proxy.cutover.presence import Presence
 from proxy.cutover.probe import Probe
 from proxy.cutover.redisstore import RedisStore
 from proxy.cutover.shared import SharedWindows, default_publisher_id
-from proxy.cutover.store import MEMORY, SqliteStore, StateError, StateStore
+from proxy.cutover.store import MEMORY, Lease, SqliteStore, StateError, StateStore
 from proxy.cutover.sync import DEFAULT_POLL_S, StoreSync
 from proxy.cutover.table import LiveTable, ModelState
 from proxy.routing import RoutingTable
@@ -49,11 +54,13 @@ class Cutover:
         store: where state lives; default from `config.state` (None: in memory).
         clock: wall time (epoch seconds); the rollout interval is measured with it.
         rng: draws for requests without a client key, and shadow draws.
-        poll_s: how often the store is polled and the rollout gates are evaluated.
+        poll_s: how often the rollout gates are evaluated (and the store polled when it
+            announces nothing).
         probe: sends a model's `rollout.probe` before a step up (the app's, through the
             translating path); None: a model with a probe never steps up by itself.
         replica: this process's id in the shared gate windows (unique per process);
             default: host and process id.
+        replica_id: this replica's id: the lease holder's name, its heartbeat's key.
 
     The hot path calls `decide` and `count_call` (and the shadow `count_shadow`); they are
     the parts' own bound methods, so the facade adds no call to a request.
@@ -69,8 +76,10 @@ class Cutover:
         poll_s: float = DEFAULT_POLL_S,
         probe: Probe | None = None,
         replica: str | None = None,
+        replica_id: str = "local",
     ) -> None:
         self.config = config
+        self.replica_id = replica_id
         self.store = store if store is not None else open_store(config.state, _password(config))
         self.on_change: list[ChangeListener] = []
         self.live = LiveTable(config, clock(), rng or random.Random())
@@ -79,7 +88,11 @@ class Cutover:
         self.windows = SharedWindows(
             self.live, self.store, clock, replica or default_publisher_id()
         )
-        self.controller = Controller(self.live, self.commands, clock, probe, self.windows)
+        self.leadership = Leadership(self.store, replica_id, config.cutover.leader_ttl_s)
+        self.controller = Controller(
+            self.live, self.commands, clock, probe, self.windows, self.leadership
+        )
+        self.presence = Presence(self.store, replica_id, self.sync, self.leadership)
         self._tasks = TaskSet()
 
         self.decide = self.live.decide
@@ -128,7 +141,24 @@ class Cutover:
         await self.sync.refresh(force=True)
         await self.commands.seed()
         self.windows.adopt()
+        # Before the first tick, so that a replica alone leads from the start (else `run`
+        # tries again).
+        with contextlib.suppress(StateError):
+            await self.leadership.turn()
+        await self.presence.beat()
         self._tasks.spawn(self.sync.follow(self._after_poll), name="cutover-poll")
+        self._tasks.spawn(self.sync.listen(), name="cutover-announcements")
+        self._tasks.spawn(self.leadership.run(), name="cutover-lease")
+        self._tasks.spawn(self.presence.run(), name="cutover-heartbeat")
+
+    @property
+    def stale(self) -> bool:
+        """Whether this replica is cut off from the store, serving its last known table."""
+        return self.presence.stale
+
+    async def leader(self) -> Lease | None:
+        """Who leads the rollout now, as the store says (raises `StateError`)."""
+        return await self.store.lease()
 
     async def poll(self) -> None:
         """One turn of the loop `start` runs: re-read the store, write what was applied
@@ -154,6 +184,9 @@ class Cutover:
     async def aclose(self) -> None:
         await self._tasks.aclose()
         await self.controller.aclose()
+        # Gone gracefully: another replica leads at once, and the list forgets this one.
+        await self.leadership.release()
+        await self.presence.leave()
         await self.store.aclose()
 
     def _changed(self, name: str, old: ModelState, new: ModelState, action: str) -> None:

@@ -34,7 +34,7 @@ from proxy.config.base import Percent
 from proxy.config.cutover import RolloutConfig
 from proxy.cutover.deferred import Deferred, RollbackTo, on_top, rolled_back
 from proxy.cutover.rollout import RolloutState, RolloutStatus, next_step
-from proxy.cutover.store import AuditEntry, StateError, StateStore
+from proxy.cutover.store import AuditEntry, Lease, StateError, StateStore
 from proxy.cutover.sync import StoreSync
 from proxy.cutover.table import ChangeHook, LiveTable, ModelState
 
@@ -149,6 +149,7 @@ class Commands:
         expected: ModelState | None,
         *,
         settles: Deferred | None = None,
+        lease: Lease | None = None,
     ) -> ModelState:
         """Compare-and-set one model: compute from the latest stored state, write, swap.
 
@@ -156,9 +157,11 @@ class Commands:
         do (someone else already did it). With `expected`, nothing is done once the state
         is no longer that one. On a lost race the store is re-read and `change` runs again
         on what won. A rollback or pause still pending here is written first (`settles`
-        names the one this call writes).
+        names the one this call writes). With `lease`, the write is fenced: the store
+        takes it only while that lease is the rollout leader's.
 
         Raises:
+            FencingError: `lease` is no longer the leader's; nothing was changed.
             StateError: the store did not answer; nothing was changed.
             ChangeError: refused by `change`, or lost the race too often.
         """
@@ -184,7 +187,11 @@ class Commands:
                 new=new.to_json(),
                 reason=reason,
             )
-            if await self.store.write(name, revision, new.to_json(), entry):
+            if lease is None:
+                written = await self.store.write(name, revision, new.to_json(), entry)
+            else:
+                written = await self.store.write_fenced(name, revision, new.to_json(), entry, lease)
+            if written:
                 self.table.put(name, (revision or 0) + 1, new)
                 AUDIT_LOGGER.info(jsoncodec.dumps(entry.to_json()).decode())
                 if settles is None:

@@ -3,9 +3,13 @@ rolls back.
 
 The window is the fleet's (`shared.SharedWindows`): every replica's traffic at the model's
 current weight, this replica's own counted at once; each tick reads it and judges it with
-the pure gates of `rollout`, and applies what they call for through `commands`. Any
-process may roll back; advancing is compare-and-set on the state it judged, so when
-several replicas tick at once a step happens once.
+the pure gates of `rollout`, and applies what they call for through `commands`. Only the
+rollout leader (`lease`) steps up or marks a rollout done, and those writes are fenced
+with its lease, so a former leader can never write a step; the others judge the same
+gates, show the evaluation, and leave the step to the leader. Any process may roll back:
+it is the safe direction, it must not wait for a leader that may be the one cut off, and
+it is compare-and-set on the state it judged, so when several replicas roll back at once
+it happens once.
 
 With `rollout.probe`, a step up first sends the readiness probe (`probe`): in a task of
 its own, so a slow endpoint never delays the tick (which also follows the store and rolls
@@ -20,12 +24,13 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from proxy.config.cutover import RolloutConfig
-from proxy.cutover.commands import Commands, to_state
+from proxy.cutover.commands import Change, Commands, to_state
 from proxy.cutover.deferred import Deferred
+from proxy.cutover.lease import Leadership
 from proxy.cutover.probe import Probe, ProbeResult, before_step, retry_after_s
 from proxy.cutover.rollout import Action, RolloutState, RolloutStatus, WindowStats, evaluate
 from proxy.cutover.shared import SharedWindows, default_publisher_id
-from proxy.cutover.store import StateError
+from proxy.cutover.store import FencingError, Lease, StateError
 from proxy.cutover.table import LiveTable, ModelState
 from proxy.models import Backend
 from proxy.tasks import TaskSet
@@ -47,6 +52,8 @@ class Controller:
             None: a model with a probe never steps up (there is no way to probe it).
         windows: the gate windows (default: this process's, shared through the
             commands' store under a made-up id).
+        leadership: whether this process leads the rollout; None: it always does (one
+            process alone, as in tests of the gates).
     """
 
     def __init__(
@@ -56,8 +63,10 @@ class Controller:
         clock: Callable[[], float],
         probe: Probe | None = None,
         windows: SharedWindows | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.table = table
+        self.leadership = leadership
         self.commands = commands
         self.clock = clock
         self.on_probe: list[ProbeListener] = []
@@ -165,11 +174,18 @@ class Controller:
         rollout = state.rollout or RolloutState(RolloutStatus.RUNNING, state.changed_at)
         window = self.windows.window(name)
         action = evaluate(policy, state.serverless_percent, rollout, window, now)
+        lease = None if self.leadership is None else self.leadership.lease
+        if action.kind in ("advance", "done") and self.leadership is not None and lease is None:
+            # The leader takes this step (and probes for it); shown here as judged.
+            self._actions[name] = replace(
+                action, reason=f"{action.reason}; the rollout leader takes the step"
+            )
+            return
         if action.kind == "advance" and policy.probe is not None and probed != state:
             action = self._before_step(name, policy, state, action, now)
         self._actions[name] = action
         if action.kind in ("advance", "rollback"):
-            await self._move(name, state, action, now)
+            await self._move(name, state, action, now, lease)
         elif action.kind == "done" and rollout.status is not RolloutStatus.DONE:
             done = replace(
                 state,
@@ -177,9 +193,7 @@ class Controller:
                 source="rollout",
                 changed_at=now,
             )
-            await self.commands.apply(
-                name, to_state(done, action.reason), ROLLOUT_ACTOR, "done", state
-            )
+            await self._fenced(name, to_state(done, action.reason), "done", state, lease)
 
     def _before_step(
         self, name: str, policy: RolloutConfig, state: ModelState, action: Action, now: float
@@ -212,7 +226,23 @@ class Controller:
         except StateError as exc:
             LOGGER.warning("%s: the step after a good probe was not stored: %s", name, exc)
 
-    async def _move(self, name: str, state: ModelState, action: Action, now: float) -> None:
+    async def _fenced(
+        self, name: str, change: Change, action: str, state: ModelState, lease: Lease | None
+    ) -> ModelState:
+        """Write a leader's change fenced with its lease; refused, this process stops
+        leading and nothing is written (the state stays `state`)."""
+        try:
+            return await self.commands.apply(
+                name, change, ROLLOUT_ACTOR, action, state, lease=lease
+            )
+        except FencingError as exc:
+            if self.leadership is not None:
+                self.leadership.lost(str(exc))
+            return state
+
+    async def _move(
+        self, name: str, state: ModelState, action: Action, now: float, lease: Lease | None
+    ) -> None:
         assert action.percent is not None
         status = RolloutStatus.ROLLED_BACK if action.kind == "rollback" else RolloutStatus.RUNNING
         new = ModelState(
@@ -224,9 +254,11 @@ class Controller:
         )
         try:
             # `expected=state`: if another replica or an admin moved first, do nothing.
-            result = await self.commands.apply(
-                name, to_state(new, action.reason), ROLLOUT_ACTOR, action.kind, state
-            )
+            change = to_state(new, action.reason)
+            if action.kind == "rollback":
+                result = await self.commands.apply(name, change, ROLLOUT_ACTOR, action.kind, state)
+            else:
+                result = await self._fenced(name, change, action.kind, state, lease)
         except StateError:
             if action.kind != "rollback":
                 raise

@@ -22,8 +22,10 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Callable, Collection
+import time
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -42,6 +44,35 @@ LOGGER = logging.getLogger("serving_proxy.cutover")
 
 class StateError(Exception):
     """The state store cannot be opened or used; the message says which and why."""
+
+
+class FencingError(StateError):
+    """A write carried a fencing token that is no longer the rollout leader's: refused by
+    the store, so a paused or partitioned former leader can never write a step."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who leads the rollout: held in the store with a time to live, renewed by its holder.
+    `fencing_token` grows with every acquisition; the store refuses a fenced write whose
+    lease is no longer the one held."""
+
+    replica_id: str
+    since: float
+    fencing_token: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def encode(self) -> str:
+        """One string naming this acquisition exactly (a token alone may repeat after a
+        Redis restarted empty; token, time and holder together do not)."""
+        return f"{self.fencing_token}|{self.since!r}|{self.replica_id}"
+
+    @classmethod
+    def decode(cls, value: str) -> Lease:
+        token, since, replica_id = value.split("|", 2)
+        return cls(replica_id, float(since), int(token))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +142,58 @@ class StateStore(Protocol):
         atomically, so every process and replica that asks gets the same one."""
         ...
 
+    async def acquire_lease(self, replica_id: str, ttl_s: float) -> Lease | None:
+        """Take the rollout lease for `ttl_s` if nobody holds it, with a new fencing token;
+        None: someone holds it."""
+        ...
+
+    async def renew_lease(self, lease: Lease, ttl_s: float) -> bool:
+        """Extend the lease to `ttl_s` from now iff it is still `lease`. False: it expired
+        and someone else may hold it."""
+        ...
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give the lease up iff it is still `lease` (a graceful stop: no one waits a TTL)."""
+        ...
+
+    async def lease(self) -> Lease | None:
+        """The lease held now, if any."""
+        ...
+
+    async def write_fenced(
+        self,
+        model: str,
+        expected: int | None,
+        data: dict[str, Any],
+        audit: AuditEntry,
+        lease: Lease,
+    ) -> bool:
+        """`write`, iff `lease` is still the one held, checked in the same atomic step.
+
+        Raises:
+            FencingError: the lease is no longer `lease`; nothing was written.
+        """
+        ...
+
+    def changes(self) -> AsyncGenerator[int, None] | None:
+        """The store's announcements of its writes (the new generation, each as it is
+        made; first -1, once listening, for whatever was missed before), for as long as
+        the connection lasts; raises `StateError` when it is lost. None: this store
+        announces nothing and is polled."""
+        ...
+
+    async def heartbeat(self, replica_id: str, record: dict[str, Any], ttl_s: float) -> None:
+        """Store this replica's record, forgotten after `ttl_s` unless written again."""
+        ...
+
+    async def leave(self, replica_id: str) -> None:
+        """Forget this replica's record now (a graceful stop)."""
+        ...
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        """Every replica record not yet expired, by replica id."""
+        ...
+
     async def aclose(self) -> None: ...
 
     async def publish_window(
@@ -143,6 +226,64 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_model ON audit (model, id);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);
 """
+# The rollout lease (one row at most) and the replicas' heartbeat records, with their
+# expiry in epoch seconds: every process of one host shares its clock.
+_FLEET_SCHEMA = """
+CREATE TABLE IF NOT EXISTS lease (
+    name TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS replicas (
+    id TEXT PRIMARY KEY, record TEXT NOT NULL, expires_at REAL NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('fencing', 0);
+"""
+ROLLOUT_LEASE = "rollout"
+
+
+def _in_transaction(body: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    """Run `body` in one transaction. IMMEDIATE takes the write lock first, so what it
+    checks and what it writes are atomic across processes."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(conn)
+        conn.execute("COMMIT")
+        return result
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _cas(
+    model: str,
+    expected: int | None,
+    data: dict[str, Any],
+    audit: AuditEntry,
+    conn: sqlite3.Connection,
+) -> bool:
+    """Inside a transaction: the model's new revision and its audit entry iff the model
+    is at `expected` (None: absent)."""
+    row = conn.execute("SELECT revision FROM models WHERE name = ?", (model,)).fetchone()
+    current = None if row is None else int(row[0])
+    if current != expected:
+        return False
+    conn.execute(
+        "INSERT INTO models (name, revision, data) VALUES (?, ?, ?) "
+        "ON CONFLICT(name) DO UPDATE SET revision = excluded.revision, data = excluded.data",
+        (model, (expected or 0) + 1, encode_document(data)),
+    )
+    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+    conn.execute(
+        "INSERT INTO audit (model, entry) VALUES (?, ?)",
+        (model, encode_document(audit.to_json())),
+    )
+    return True
+
+
+def _held(conn: sqlite3.Connection, now: float) -> str | None:
+    """Inside a transaction: the encoded lease held now, if any."""
+    row = conn.execute(
+        "SELECT value FROM lease WHERE name = ? AND expires_at > ?", (ROLLOUT_LEASE, now)
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _create_private(path: str) -> None:
@@ -203,6 +344,7 @@ class SqliteStore:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            conn.executescript(_FLEET_SCHEMA)
             if self.path != MEMORY:
                 # SQLite made the -wal and -shm files by now; it copies the database's
                 # mode, but a file left by an older version may still be looser.
@@ -244,37 +386,8 @@ class SqliteStore:
     async def write(
         self, model: str, expected: int | None, data: dict[str, Any], audit: AuditEntry
     ) -> bool:
-        def txn(conn: sqlite3.Connection) -> bool:
-            # IMMEDIATE takes the write lock first, so the check and the write are atomic
-            # across processes.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(
-                    "SELECT revision FROM models WHERE name = ?", (model,)
-                ).fetchone()
-                current = None if row is None else int(row[0])
-                if current != expected:
-                    conn.execute("ROLLBACK")
-                    return False
-                conn.execute(
-                    "INSERT INTO models (name, revision, data) VALUES (?, ?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET revision = excluded.revision, "
-                    "data = excluded.data",
-                    (model, (expected or 0) + 1, encode_document(data)),
-                )
-                conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
-                conn.execute(
-                    "INSERT INTO audit (model, entry) VALUES (?, ?)",
-                    (model, encode_document(audit.to_json())),
-                )
-                conn.execute("COMMIT")
-                return True
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-
-        return await self._run(txn)
+        cas = partial(_cas, model, expected, data, audit)
+        return await self._run(partial(_in_transaction, cas))
 
     async def audit(self, model: str | None = None, limit: int = 100) -> list[AuditEntry]:
         def read(conn: sqlite3.Connection) -> list[AuditEntry]:
@@ -312,6 +425,94 @@ class SqliteStore:
             return bytes.fromhex(row[0])
 
         return await self._run(get_or_create)
+
+    async def acquire_lease(self, replica_id: str, ttl_s: float) -> Lease | None:
+        def take(conn: sqlite3.Connection) -> Lease | None:
+            now = time.time()
+            if _held(conn, now) is not None:
+                return None
+            conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'fencing'")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'fencing'").fetchone()
+            lease = Lease(replica_id, now, int(row[0]))
+            conn.execute(
+                "INSERT OR REPLACE INTO lease (name, value, expires_at) VALUES (?, ?, ?)",
+                (ROLLOUT_LEASE, lease.encode(), now + ttl_s),
+            )
+            return lease
+
+        return await self._run(partial(_in_transaction, take))
+
+    async def renew_lease(self, lease: Lease, ttl_s: float) -> bool:
+        def renew(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            if _held(conn, now) != lease.encode():
+                return False
+            conn.execute(
+                "UPDATE lease SET expires_at = ? WHERE name = ?", (now + ttl_s, ROLLOUT_LEASE)
+            )
+            return True
+
+        return await self._run(partial(_in_transaction, renew))
+
+    async def release_lease(self, lease: Lease) -> None:
+        def release(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM lease WHERE name = ? AND value = ?", (ROLLOUT_LEASE, lease.encode())
+            )
+
+        await self._run(partial(_in_transaction, release))
+
+    async def lease(self) -> Lease | None:
+        def read(conn: sqlite3.Connection) -> Lease | None:
+            value = _held(conn, time.time())
+            return None if value is None else Lease.decode(value)
+
+        return await self._run(read)
+
+    async def write_fenced(
+        self,
+        model: str,
+        expected: int | None,
+        data: dict[str, Any],
+        audit: AuditEntry,
+        lease: Lease,
+    ) -> bool:
+        def fenced(conn: sqlite3.Connection) -> bool:
+            if _held(conn, time.time()) != lease.encode():
+                raise FencingError(
+                    f"state: {self.description}: fencing token {lease.fencing_token} "
+                    "no longer holds the rollout lease"
+                )
+            return _cas(model, expected, data, audit, conn)
+
+        return await self._run(partial(_in_transaction, fenced))
+
+    def changes(self) -> AsyncGenerator[int, None] | None:
+        # Every process of a host polls the file; SQLite has no way to announce a write.
+        return None
+
+    async def heartbeat(self, replica_id: str, record: dict[str, Any], ttl_s: float) -> None:
+        def put(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO replicas (id, record, expires_at) VALUES (?, ?, ?)",
+                (replica_id, encode_document(record), time.time() + ttl_s),
+            )
+
+        await self._run(partial(_in_transaction, put))
+
+    async def leave(self, replica_id: str) -> None:
+        def drop(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM replicas WHERE id = ?", (replica_id,))
+
+        await self._run(partial(_in_transaction, drop))
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            conn.execute("DELETE FROM replicas WHERE expires_at <= ?", (time.time(),))
+            rows = conn.execute("SELECT record FROM replicas ORDER BY id").fetchall()
+            return [jsoncodec.loads(row[0]) for row in rows]
+
+        return await self._run(partial(_in_transaction, read))
 
     async def aclose(self) -> None:
         def close() -> None:

@@ -1,10 +1,12 @@
 """Following the store: what other processes changed reaches this one's table.
 
-Every process polls the store's generation counter every `poll_s`, so a change made
-through one replica is in force on all of them well within a second; the same loop then
-hands over to the cutover (deferred changes written, the rollout controller's tick), also
-while the store is out, so that a failing gate still rolls this process back. Reads only:
-every write goes through `commands`.
+A store that announces its writes (Redis pub/sub: `StateStore.changes`) wakes every
+replica at once, so a change made through one is in force on all within milliseconds;
+then the generation counter is also polled every `SLOW_POLL_S`, for an announcement that
+was lost. A store that announces nothing (SQLite) is polled every `poll_s`. The same loop
+runs every `poll_s` and hands over to the cutover (deferred changes written, the rollout
+controller's tick), also while the store is out, so that a failing gate still rolls this
+process back. Reads only: every write goes through `commands`.
 
 The counter alone is not trusted after an outage: a Redis that restarted empty, or from an
 older snapshot, may show a counter this process has seen before over other states. So the
@@ -19,11 +21,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import anyio
+
 from proxy.cutover.store import StateError, StateStore, Stored
 from proxy.cutover.table import ChangeHook, LiveTable, ModelState
 
 LOGGER = logging.getLogger("serving_proxy.cutover")
 DEFAULT_POLL_S = 0.25
+# With announcements heard, the counter is read this often regardless.
+SLOW_POLL_S = 1.0
+# A lost subscription is tried again after this long, doubling up to the cap.
+RESUBSCRIBE_S = 0.1
+RESUBSCRIBE_CAP_S = 5.0
 # A full read of every model at least this often, whatever the generation counter says.
 FULL_RELOAD_S = 5.0
 
@@ -57,7 +66,20 @@ class StoreSync:
         self._generation = -1
         self._loaded_at = monotonic()
         self._after_ok = True
+        self._polled_at = monotonic()
+        self._wake = asyncio.Event()
         self.reachable = True
+        # Whether the store's announcements are heard now (else: poll every `poll_s`).
+        self.pushed = False
+
+    @property
+    def generation(self) -> int:
+        """The store generation this process has applied (-1: none yet)."""
+        return self._generation
+
+    def notify(self) -> None:
+        """The store announced a write: poll now rather than at the next turn."""
+        self._wake.set()
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Reload the state if the store's generation moved. True if anything changed.
@@ -99,6 +121,7 @@ class StoreSync:
         """One poll: re-read what changed (everything, after an outage or `FULL_RELOAD_S`).
         False when the store did not answer; the loss and the return are logged once."""
         stale = self._monotonic() - self._loaded_at >= FULL_RELOAD_S
+        self._polled_at = self._monotonic()
         try:
             await self.refresh(force=not self.reachable or stale)
         except (StateError, OSError, ConnectionError) as exc:
@@ -113,10 +136,18 @@ class StoreSync:
         return True
 
     async def follow(self, after: AfterPoll) -> None:
-        """Poll the store and run `after` after each poll, until cancelled."""
+        """Poll the store (on an announcement, else every `poll_s`, or `SLOW_POLL_S`
+        while announcements are heard) and run `after` every turn, until cancelled."""
         while True:
-            await asyncio.sleep(self.poll_s)
-            reachable = await self.poll()
+            with anyio.move_on_after(self.poll_s):
+                await self._wake.wait()
+            woken = self._wake.is_set()
+            self._wake.clear()
+            slow = self._monotonic() - self._polled_at >= SLOW_POLL_S
+            if woken or not self.pushed or slow or not self.reachable:
+                reachable = await self.poll()
+            else:
+                reachable = self.reachable
             try:
                 await after(reachable)
                 self._after_ok = True
@@ -126,3 +157,31 @@ class StoreSync:
                 if self._after_ok:
                     LOGGER.exception("cutover loop failed; keeping the last known table")
                     self._after_ok = False
+
+    async def listen(self) -> None:
+        """Hear the store's announcements until cancelled, subscribing again (with a
+        growing pause) whenever the subscription is lost. A store that announces nothing
+        returns at once and is polled."""
+        pause = RESUBSCRIBE_S
+        while True:
+            changes = self.store.changes()
+            if changes is None:
+                return
+            try:
+                async for _generation in changes:
+                    # The first is the subscription itself: whatever was announced
+                    # while this process was not listening is read now.
+                    self.pushed = True
+                    pause = RESUBSCRIBE_S
+                    self.notify()
+            except StateError as exc:
+                if self.pushed:
+                    LOGGER.warning(
+                        "state store %s: announcements lost: %s", self.store.description, exc
+                    )
+            finally:
+                await changes.aclose()
+            self.pushed = False
+            self.notify()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RESUBSCRIBE_CAP_S)

@@ -91,11 +91,28 @@ async def test_two_processes_advance_once(make: Factory) -> None:
     clock.now += 60
     feed(a, ok=20, errors=0)
     feed(b, ok=20, errors=0)
+    # Both judge the gates; only the leader (the first started) takes the step.
+    assert a.leadership.leads()
+    assert not b.leadership.leads()
+    await b.tick()
+    assert b.last_action("iris").kind == "advance"  # type: ignore[union-attr]
+    assert b.weight("iris") == 5
     await a.tick()
-    await b.tick()  # b still believes 5%: its compare-and-set loses, and it re-reads
+    await b.refresh()
     assert a.weight("iris") == b.weight("iris") == 25
     actions = [e.action for e in await a.history("iris")]
     assert actions.count("advance") == 1
+
+
+async def test_any_replica_rolls_back_without_the_leader(make: Factory) -> None:
+    clock = Clock()
+    a, b = await make(rollout_config(), clock), await make(rollout_config(), clock)
+    assert not b.leadership.leads()
+    feed(b, ok=5, errors=10)
+    await b.tick()
+    await a.refresh()
+    assert a.weight("iris") == b.weight("iris") == 0
+    assert b.rollout_status("iris") == "rolled_back"
 
 
 async def test_retried_attempts_count_as_errors_but_not_as_latency(make: Factory) -> None:
