@@ -391,6 +391,8 @@ def test_kill_9_of_the_leader_mid_rollout(fleet: Fleet, tmp_path: Path) -> None:
 
 
 def test_a_rolling_restart_under_load_loses_nothing(fleet: Fleet, tmp_path: Path) -> None:
+    """Each replica in turn: out of nginx (a graceful reload, as a Kubernetes endpoint
+    removal), SIGTERM, started again, ready, back in."""
     load = Load(fleet, tmp_path, duration_s=30)
     before = {name: r.pid for name, r in fleet.replicas.items()}
     for name in REPLICA_NAMES:
