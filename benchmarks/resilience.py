@@ -77,6 +77,47 @@ def proxy(workdir: Path, serverless: str, model: dict[str, Any]) -> Iterator[Chi
         yield server
 
 
+def measure_rounds(
+    proxies: dict[str, Child],
+    concurrency: int,
+    args: argparse.Namespace,
+    tmp: str,
+    headers: dict[str, str] | None = None,
+) -> dict[str, list[dict[str, float]]]:
+    """`args.rounds` rounds of wrk against every proxy back to back, the order rotating
+    each round; per proxy, its cell of each round."""
+    names = list(proxies)
+    cells: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for round_ in range(args.rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            server = proxies[name]
+            cells[name].append(
+                load_wrk(
+                    server.url + LEGACY_PATH,
+                    BODY,
+                    CONTENT_TYPE,
+                    concurrency,
+                    args.seconds,
+                    CpuMeter(server.pid),
+                    tmp,
+                    headers,
+                )
+            )
+    return cells
+
+
+def print_medians(cells: dict[str, list[dict[str, float]]], concurrency: int, width: int) -> None:
+    """One line per proxy: its median round."""
+    for name, rounds in cells.items():
+        cell = median_cell(rounds)
+        print(
+            f"{name:{width}} {concurrency:>4} {cell['rps']:>8.0f} {cell['p50_ms']:>8.2f} "
+            f"{cell['p99_ms']:>8.2f} {cell['cpu_us']:>11.0f}"
+            + (f"  ({cell['errors']:g} errors)" if cell["errors"] else "")
+        )
+
+
 def both(first: list[dict[str, float]], second: list[dict[str, float]]) -> list[dict[str, float]]:
     """Each round of two proxies of one configuration as one: their sums (for ratios)."""
     return [
@@ -110,29 +151,8 @@ def main() -> int:
         header = ("config", "conc", "req/s", "p50 ms", "p99 ms", "cpu µs/req")
         print("{:8} {:>4} {:>8} {:>8} {:>8} {:>11}".format(*header))
         for concurrency in args.concurrency:
-            cells: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-            for round_ in range(args.rounds):
-                order = names[round_ % len(names) :] + names[: round_ % len(names)]
-                for name in order:
-                    server = proxies[name]
-                    cells[name].append(
-                        load_wrk(
-                            server.url + LEGACY_PATH,
-                            BODY,
-                            CONTENT_TYPE,
-                            concurrency,
-                            args.seconds,
-                            CpuMeter(server.pid),
-                            tmp,
-                        )
-                    )
-            for name in names:
-                cell = median_cell(cells[name])
-                print(
-                    f"{name:8} {concurrency:>4} {cell['rps']:>8.0f} {cell['p50_ms']:>8.2f} "
-                    f"{cell['p99_ms']:>8.2f} {cell['cpu_us']:>11.0f}"
-                    + (f"  ({cell['errors']:g} errors)" if cell["errors"] else "")
-                )
+            cells = measure_rounds(proxies, concurrency, args, tmp)
+            print_medians(cells, concurrency, width=8)
             on, off = both(cells["on"], cells["on'"]), both(cells["off"], cells["off'"])
             ratio = {
                 key: statistics.median(round_ratios(on, off, key))

@@ -40,6 +40,7 @@ from proxy.admin import dashboard, fleet
 from proxy.admin.views import gate_window_view
 from proxy.asgi import ALL_METHODS, ReplyResponse, record_of
 from proxy.budget import MemoryBudget, budget_bytes
+from proxy.clientauth import build_client_auth
 from proxy.config import ProxyConfig
 from proxy.config.backends import replica_id_of
 from proxy.credentials import build_credentials
@@ -165,11 +166,10 @@ def build_runtime(
     pools = Pools.build(config, upstream_factory)
     credentials = build_credentials(config)
     # The rollout's readiness probe goes the clients' way: these pools and credentials.
+    # The workers of one replica share its id; in the store (gate windows, the lease
+    # holder, heartbeat records) each worker is a member of its own.
     cutover = Cutover(
-        config,
-        probe=prober(pools, credentials),
-        replica=window_publisher(config, replica_id),
-        replica_id=replica_id,
+        config, probe=prober(pools, credentials), replica=window_publisher(config, replica_id)
     )
     worker = ShadowWorker(config) if config.shadow.isolation == "process" else None
     shadow = Shadow(
@@ -204,6 +204,8 @@ def follow(hub: Hub, runtime: Runtime) -> None:
     # The report and the dashboard show the gate windows over the fleet, as status does.
     hub.set_fleet_source(partial(gate_window_view, cutover), cutover.windows.read_all)
     cutover.on_probe.append(lambda model, result: hub.probe_result(model, result.ok))
+    for token in runtime.credentials.refreshing():
+        token.on_fetch.append(hub.token_fetch)
     cutover.on_change.append(changed)
     runtime.shadow.on_result.append(hub.shadow_result)
 
@@ -226,6 +228,8 @@ def create_app(
         registry: the Prometheus registry for this app's collectors (default: a fresh one).
     """
     reporting = Hub.build(config, registry=registry, environ=os.environ)
+    # Built with the app: a tokens file that cannot be read stops start-up here.
+    client_auth = build_client_auth(config)
     # Resolved once: the runtime owns it; the access log below names the same value.
     replica_id = replica_id_of(config.server, config.listen, os.environ)
 
@@ -254,6 +258,8 @@ def create_app(
             if listener is not None:
                 await listener.aclose()
             await runtime.aclose()
+            if client_auth is not None:
+                await client_auth.aclose()
             if reporting.metrics is not None:
                 Metrics.mark_process_dead(reporting.metrics.multiprocess_dir)
             reporting.close()
@@ -285,6 +291,7 @@ def create_app(
                 client_key=config.client_key,
                 labels=reporting.labels,
                 trusted_proxies=config.server.trusted_proxies,
+                client_auth=client_auth,
             ),
             Middleware(
                 BodyLimitMiddleware,

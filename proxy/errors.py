@@ -19,6 +19,8 @@ and how it reads in the client's protocol; `app.py` renders them in one place.
     ├── UpstreamTimeout        504  UT   §6.5
     ├── UpstreamProtocolError  502  UPE  §6.5
     ├── Overloaded             503  UO   §6.5
+    ├── ClientUnauthorized     401  UA   client_auth refused the client, legacy JSON
+    ├── IdentityUnavailable    503  IU   client_auth could not check the client now
     ├── ClientClosed           499  DC   the client left before its body arrived
     ├── InternalError          500  BUG  §6.5 (a bug: never a client's mistake)
     └── AdminError             4xx  ADM  admin API and dashboard: {"error", "message"} JSON
@@ -340,6 +342,32 @@ class Overloaded(ProxyError):
     error_code = "TEMPORARILY_UNAVAILABLE"
 
     def __init__(self, message: str = "Too many concurrent requests.") -> None:
+        super().__init__(message)
+
+
+class ClientUnauthorized(ProxyError):
+    """`client_auth`: the client did not prove who it is, or is not allowed; nothing was
+    forwarded. 401 in the 1.x error shape, the code Databricks answers a bad token with."""
+
+    status_code = 401
+    flag = "UA"
+    error_code = "CUSTOMER_UNAUTHORIZED"
+
+    def __init__(
+        self, message: str = "Credential was not sent or was of an unsupported type."
+    ) -> None:
+        super().__init__(message)
+
+
+class IdentityUnavailable(ProxyError):
+    """`client_auth: databricks`: the workspace that says who a token belongs to did not
+    answer in time. 503, never a pass: an unproven client is not let through."""
+
+    status_code = 503
+    flag = "IU"
+    error_code = "TEMPORARILY_UNAVAILABLE"
+
+    def __init__(self, message: str = "Cannot verify the client's credentials now.") -> None:
         super().__init__(message)
 
 

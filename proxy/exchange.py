@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from proxy import headers as header_rules
 from proxy.config import ModelConfig
 from proxy.config.backends import Limits
-from proxy.credentials import Credentials
+from proxy.credentials import Credentials, TokenSource
 from proxy.errors import UpstreamConnectError, UpstreamTimeout
 from proxy.models import (
     Backend,
@@ -43,7 +43,7 @@ from proxy.protocol.legacy import parse_request
 from proxy.protocol.limits import WorkLimits
 from proxy.protocol.translate import legacy_to_v2, v2_to_legacy
 from proxy.resilience import RETRY_STATUS_REASONS
-from proxy.retrying import SpillBack, again
+from proxy.retrying import SpillBack, again, reauthorized
 from proxy.upstream.pools import Pools
 from proxy.upstream.targets import Target
 
@@ -210,8 +210,11 @@ async def send_new_style(
     never spilled back: the client chose the new side)."""
     target = pools.targets[inbound.ref.name].serverless
     path = _with_query(pools.path(target, inbound.ref), inbound.query)
-    headers = _serverless_headers(inbound, credentials, inbound.header("content-type"))
-    return await _pass_through(pools, facts, target, path, headers, inbound.body, Call.PRIMARY)
+    source = credentials.serverless.get(inbound.ref.name)
+    headers = await _serverless_headers(inbound, source, inbound.header("content-type"))
+    return await _pass_through(
+        pools, facts, target, path, (headers, source), inbound.body, Call.PRIMARY
+    )
 
 
 async def _pass_through(
@@ -219,13 +222,15 @@ async def _pass_through(
     facts: Facts,
     target: Target,
     path: str,
-    headers: list[tuple[str, str]],
+    auth: tuple[list[tuple[str, str]], TokenSource | None],
     body: Body,
     call: Call,
 ) -> Reply:
     """§1.4, §1.5: POST, and the upstream's status, headers and bytes as they came (§7.3),
-    but a `Set-Cookie` the target's backend does not pass."""
-    reply = await _post(pools, facts, target, path, headers, body, call)
+    but a `Set-Cookie` the target's backend does not pass. `auth`: the headers and the
+    source of the token in them (None: the client's own)."""
+    headers, source = auth
+    reply = await _post(pools, facts, target, path, headers, body, call, source)
     headers_out = header_rules.from_passthrough(
         reply.headers, pass_set_cookie=target.pass_set_cookie
     )
@@ -247,9 +252,9 @@ async def _legacy(
     headers = header_rules.to_legacy(
         inbound.headers,
         request_id=inbound.request_id,
-        token=None if source is None else source.token(),
+        token=None if source is None else await source.token(),
     )
-    return await _pass_through(pools, facts, target, path, headers, inbound.body, call)
+    return await _pass_through(pools, facts, target, path, (headers, source), inbound.body, call)
 
 
 async def _serverless(
@@ -265,10 +270,13 @@ async def _serverless(
     model = pools.config.models[inbound.ref.name]
     path = pools.path(target, inbound.ref)
     content_type = inbound.header("content-type")
+    source = credentials.serverless.get(inbound.ref.name)
     if model.legacy_protocol is LegacyProtocol.MLFLOW2:
         # §8.1: the model already spoke MLflow 2 on legacy serving; map the URL only.
-        headers = _serverless_headers(inbound, credentials, content_type)
-        return await _pass_through(pools, facts, target, path, headers, inbound.body, call)
+        headers = await _serverless_headers(inbound, source, content_type)
+        return await _pass_through(
+            pools, facts, target, path, (headers, source), inbound.body, call
+        )
 
     limits = pools.config.limits
     t0 = time.perf_counter()
@@ -284,8 +292,8 @@ async def _serverless(
         facts.translate_s += time.perf_counter() - t0
     if on_translated is not None and call is not Call.SHADOW:
         on_translated(inbound, v2)
-    headers = _serverless_headers(inbound, credentials, v2.content_type)
-    reply = await _post(pools, facts, target, path, headers, v2.body, call)
+    headers = await _serverless_headers(inbound, source, v2.content_type)
+    reply = await _post(pools, facts, target, path, headers, v2.body, call, source)
     # Sent: a large translated body must not stay alive while the reply is translated.
     del v2
     t0 = time.perf_counter()
@@ -333,15 +341,14 @@ def _translate(
 _work_limits = functools.lru_cache(maxsize=8)(WorkLimits)
 
 
-def _serverless_headers(
-    inbound: Inbound, credentials: Credentials, content_type: str | None
+async def _serverless_headers(
+    inbound: Inbound, source: TokenSource | None, content_type: str | None
 ) -> list[tuple[str, str]]:
     """§7.1: allow-listed client headers, the given Content-Type, auth by rule."""
-    source = credentials.serverless.get(inbound.ref.name)
     return header_rules.to_serverless(
         inbound.headers,
         content_type=content_type,
-        token=None if source is None else source.token(),
+        token=None if source is None else await source.token(),
         request_id=inbound.request_id,
     )
 
@@ -354,18 +361,24 @@ async def _post(
     headers: list[tuple[str, str]],
     body: Body,
     call: Call,
+    source: TokenSource | None = None,
 ) -> UpstreamReply:
     """POST to one backend, timing the wait (retries and their pauses included).
 
     A healthy call costs one branch on its status: only an answer or a failure that
-    could be retried (or spilled back) takes the slow path, `retrying.again`.
+    could be retried (or spilled back) takes the slow path, `retrying.again`. A 401 to the
+    proxy's own token (from `source`) is sent once more with a renewed one
+    (`retrying.reauthorized`), before any other rule.
     """
     facts.backend = target.backend
     t0 = time.perf_counter()
     if call is Call.SHADOW or call is Call.ONCE:
         pool = pools.shadow(target) if call is Call.SHADOW else pools.primary(target)
         try:
-            return await pool.send("POST", path, headers, body)
+            reply = await pool.send("POST", path, headers, body)
+            if reply.status == 401 and source is not None:
+                _, reply = await reauthorized(pool, source, (path, headers, body), reply, facts)
+            return reply
         finally:
             facts.upstream_s = time.perf_counter() - t0
     pool = pools.primary(target)
@@ -376,6 +389,9 @@ async def _post(
     try:
         try:
             reply = await pool.send("POST", path, headers, body)
+            if reply.status == 401 and source is not None:
+                request = (path, headers, body)
+                headers, reply = await reauthorized(pool, source, request, reply, facts)
         except UpstreamConnectError as exc:
             if exc.sent or (policy is None and not spillable):
                 raise

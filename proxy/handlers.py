@@ -25,7 +25,7 @@ from proxy.cutover import Cutover
 from proxy.errors import JSON, MethodNotAllowed, NoRoute, ProxyError
 from proxy.models import Backend, ModelRef, Reply, V2Request, first_header
 from proxy.protocol import paths
-from proxy.resilience import failure_status
+from proxy.resilience import REAUTHORIZED, failure_status
 from proxy.runtime import Runtime
 from proxy.shadow.job import ShadowJob
 from proxy.shadow.mirror import decoded_body
@@ -126,6 +126,8 @@ def _count_retried(cutover: Cutover, model: str, primary: Backend, record: Excha
     if primary is Backend.LEGACY:
         return
     for reason in record.retries:
+        if reason == REAUTHORIZED:
+            continue
         cutover.count_call(model, Backend.SERVERLESS, failure_status(reason), None)
 
 

@@ -7,6 +7,7 @@ and runs the endpoint in another task, both costly on the hot path.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import sys
@@ -17,13 +18,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.asgi import BODY_TIMEOUT, record_of, reply_messages
 from proxy.budget import MemoryBudget
+from proxy.clientauth import ClientAuth
 from proxy.config.cutover import ClientKeyConfig
-from proxy.errors import BodyTimeout, Overloaded, PayloadTooLarge, ProxyError, render
+from proxy.errors import (
+    BodyTimeout,
+    InternalError,
+    Overloaded,
+    PayloadTooLarge,
+    ProxyError,
+    render,
+)
 from proxy.headers import TrustedProxies, accept_forwarding
+from proxy.protocol.paths import scoring_url
 from proxy.routing import ClientKey, client_key
 from proxy.telemetry.labels import ClientLabels
 from proxy.telemetry.record import ExchangeRecord, server_timing
 
+LOGGER = logging.getLogger("serving_proxy")
 # A client's id is echoed into logs and upstream headers: accept only a plain token.
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -70,6 +81,12 @@ class RequestContextMiddleware:
         labels: names the client in the record (a keyed hash; default: keyed by a secret
             of this process).
         trusted_proxies: `server.trusted_proxies`; only their forwarding headers count.
+        client_auth: proves the client of every scoring URL before anything else reads
+            it (None: `client_auth` unset or `none`). A refused client is answered here,
+            through the one renderer, and nothing is forwarded. The proven identity goes
+            on the record, names the client in reports, and is what route overrides and
+            `client_key.identity` use. `/ping`, `/health`, `/version` stay open, as in
+            1.x (answered locally, nothing forwarded); the admin API has its own token.
     """
 
     def __init__(
@@ -81,8 +98,10 @@ class RequestContextMiddleware:
         client_key: ClientKeyConfig | None = None,
         labels: Callable[[ClientKey], str] | None = None,
         trusted_proxies: tuple[str, ...] = (),
+        client_auth: ClientAuth | None = None,
     ) -> None:
         self.app = app
+        self.client_auth = client_auth
         self.trusted = TrustedProxies.parse(trusted_proxies)
         self.on_complete = on_complete
         self.server_timing = server_timing
@@ -113,10 +132,25 @@ class RequestContextMiddleware:
             started=time.perf_counter(),
             client=host,
         )
+        refused: ProxyError | None = None
+        identity = None
+        if self.client_auth is not None and scoring_url(scope["path"]) is not None:
+            try:
+                identity = (await self.client_auth.authenticate(headers, record.request_id)).name
+            except ProxyError as exc:
+                refused = exc
+            except Exception:
+                # A bug in the check: never a pass, and still this request's one record.
+                LOGGER.exception("client_auth failed on request %s", record.request_id)
+                refused = InternalError()
+            else:
+                record.identity = identity
+                # A proven client is named by its identity in every report, not its address.
+                record.client_key = self.labels(ClientKey("identity", identity, identity))
         key = None
-        if self.client_key is not None:
-            key = client_key(headers, host, self.client_key)
-            if key is not None:
+        if self.client_key is not None and refused is None:
+            key = client_key(headers, host, self.client_key, identity)
+            if key is not None and identity is None:
                 record.client_key = self.labels(key)
         # A copy: servers share one lifespan-state dict, the record is this request's own.
         scope["state"] = {**scope.get("state", {}), "record": record, "client_key": key}
@@ -133,7 +167,11 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if refused is None:
+                await self.app(scope, receive, send_with_id)
+            else:
+                for message in reply_messages(render(refused, record)):
+                    await send_with_id(message)
         except BaseException:
             if record.status == 0:
                 record.status, record.flag = 500, "BUG"

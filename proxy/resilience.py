@@ -38,6 +38,9 @@ from proxy.errors import ProxyError, UpstreamConnectError
 
 # The retry reasons, as the record, the access log and the metrics name them.
 CONNECT = "connect"
+# Sent once more with a renewed token after a 401 to the proxy's own: the endpoint did not
+# process it, and did not fail either (no rollout gate counts it).
+REAUTHORIZED = "401"
 # Statuses that may be retried: the first two when `retry.on` names them, the last only
 # within a cold-start hold (an endpoint's gateway gave up on a replica still starting).
 RETRY_STATUS_REASONS: dict[int, str] = {429: "429", 503: "503", 504: "504"}

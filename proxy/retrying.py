@@ -1,6 +1,7 @@
 """Sending a client's call again: the I/O side of `proxy.resilience`'s rules.
 
-`exchange._post` makes the first attempt; only when it fails in a way that could be
+`exchange._post` makes the first attempt; a 401 to the proxy's own token is sent once more
+with a renewed one (`reauthorized`). Only when it fails in a way that could be
 retried or spilled back (a 429, 503 or 504 answer, a connection failure before anything
 was written) does it hand over to `again`, so a healthy call never reaches this module.
 Here the rules are asked after each attempt, their pauses slept, the proxy-wide retry
@@ -14,9 +15,11 @@ import random
 import time
 from typing import Protocol
 
+from proxy.credentials import TokenSource
 from proxy.errors import UpstreamConnectError, UpstreamTimeout
 from proxy.models import Body, UpstreamReply
 from proxy.resilience import (
+    REAUTHORIZED,
     RETRY_STATUS_REASONS,
     Retry,
     error_reason,
@@ -74,7 +77,7 @@ async def again(
     policy = target.retry
     deadline = t0 + (target.settings.total_timeout_s if policy is None else policy.total_s)
     attempts, held, held_until = 1, 0, t0
-    retries: list[str] = []
+    retries = list(facts.retries)
     try:
         while True:
             if isinstance(outcome, UpstreamConnectError):
@@ -122,6 +125,29 @@ async def again(
         facts.retries = tuple(retries)
         if held:
             facts.held_s = held_until - t0
+
+
+async def reauthorized(
+    pool: Upstream,
+    source: TokenSource,
+    request: tuple[str, list[tuple[str, str]], Body],
+    rejected: UpstreamReply,
+    facts: RetryFacts,
+) -> tuple[list[tuple[str, str]], UpstreamReply]:
+    """After the upstream answered 401 to the token from `source`: renew it and send
+    `request` once more (a 401 means the request was not processed), written down as a
+    retry (`REAUTHORIZED`). Returns the headers to send any further attempt with, and the
+    answer; the 401 stands when the source has no other token."""
+    path, headers, body = request
+    sent = next((value for name, value in headers if name == "authorization"), "")
+    scheme, _, token = sent.partition(" ")
+    renewed = await source.renew(token) if scheme == "Bearer" and token else None
+    if renewed is None:
+        return headers, rejected
+    headers = [(name, value) for name, value in headers if name != "authorization"]
+    headers.append(("authorization", f"Bearer {renewed}"))
+    facts.retries = (*facts.retries, REAUTHORIZED)
+    return headers, await pool.send("POST", path, headers, body)
 
 
 async def _attempt(

@@ -30,7 +30,7 @@ BUCKET_CACHE_SIZE = 65_536
 LABEL_CHARS = 12
 # Lets a client the config names pick its backend for one request.
 ROUTE_HEADER = "x-serving-proxy-route"
-KeySource = Literal["header", "authorization", "address"]
+KeySource = Literal["identity", "header", "authorization", "address"]
 Reason = Literal["weight", "no-key", "override", "only-serverless"]
 
 
@@ -57,8 +57,8 @@ class ClientKey:
 
     `value` picks the client's bucket and may come from a header the client chose. The
     `identity` is what the client cannot choose, and the only thing a route override is
-    matched against (`override_of`): today its address after trusted-proxy handling;
-    once clients authenticate, the authenticated identity takes this place.
+    matched against (`override_of`): the identity `client_auth` proved, or else its
+    address after trusted-proxy handling.
     """
 
     source: KeySource
@@ -103,7 +103,10 @@ def threshold(percent: float) -> int:
 
 
 def client_key(
-    headers: Iterable[tuple[bytes, bytes]], client_host: str | None, config: ClientKeyConfig
+    headers: Iterable[tuple[bytes, bytes]],
+    client_host: str | None,
+    config: ClientKeyConfig,
+    proven: str | None = None,
 ) -> ClientKey | None:
     """The request's client key, from the first source the config enables that is present.
 
@@ -114,9 +117,14 @@ def client_key(
         headers: the ASGI scope's raw headers (names lower-case, as ASGI gives them).
         client_host: `scope["client"]` host; uvicorn has already replaced it with the
             forwarded address when (and only when) the peer is a trusted proxy.
-        config: which sources to try, in the fixed order header, authorization, address.
+        config: which sources to try, in the fixed order identity, header, authorization,
+            address.
+        proven: the identity `client_auth` proved, if any: it replaces the address as the
+            key's `identity`, and is the key itself under `client_key.identity`.
     """
-    identity = client_host or None
+    identity = proven or client_host or None
+    if config.identity and proven:
+        return ClientKey("identity", proven, proven)
     if config.header is not None or config.authorization:
         wanted = None if config.header is None else config.header.encode("latin-1")
         for name, value in headers:
@@ -151,8 +159,10 @@ _hash_remembered = lru_cache(maxsize=4096)(hash_client_key)
 
 
 def report_label(key: ClientKey, secret: bytes, *, show_header: bool = False) -> str:
-    """How reports, metrics and the access log name a client: always a keyed hash, but
-    for a header value the config allows to be shown."""
+    """How reports, metrics and the access log name a client: a keyed hash, but for a
+    header value the config allows to be shown. An identity `client_auth` proved is hashed
+    too (a label, like any key); the inventory and the access log carry its name beside
+    the label (`ExchangeRecord.identity`)."""
     if key.source == "header" and show_header:
         return key.value
     return _hash_remembered(key.value, secret)

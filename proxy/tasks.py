@@ -42,3 +42,18 @@ class TaskSet:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def checkpoint() -> None:
+    """Raise `CancelledError` if this task's cancellation was requested but swallowed on
+    the way (redis-py's client, cancelled mid-command, can return normally); a loop that
+    calls this every turn stops all the same."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+
+
+async def pause(seconds: float) -> None:
+    """`asyncio.sleep` for a background loop: `checkpoint` first."""
+    checkpoint()
+    await asyncio.sleep(seconds)

@@ -10,7 +10,7 @@ failing or rude. What differs between the two servers is in `sim.legacy` and `si
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, get_args
@@ -62,6 +62,8 @@ class SimulatorCounters:
     last_request: dict[str, Any] | None = None
     # The most requests handled at once, so tests can check a concurrency limit upstream.
     max_in_flight: int = 0
+    # Requests answered 401 because `Simulator.accept_token` refused their bearer token.
+    unauthorized: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +71,7 @@ class SimulatorCounters:
             "by_path": self.by_path,
             "last_request": self.last_request,
             "max_in_flight": self.max_in_flight,
+            "unauthorized": self.unauthorized,
         }
 
 
@@ -95,6 +98,10 @@ class Simulator:
     """The state behind one simulator app: faults, counters and the answer logic.
 
     Reach it in-process as `app.state.simulator` (e.g. to set `faults` directly).
+
+    `accept_token`, set in-process, makes it check credentials as a workspace does: a
+    request whose bearer token it refuses is answered 401 and not served (tests/oauth_server
+    gives one that accepts only the tokens it issued, unexpired and unrevoked).
     """
 
     def __init__(self, dialect: Dialect, replay: Replay | None, faults: Faults, seed: int) -> None:
@@ -104,6 +111,7 @@ class Simulator:
         self.faults = faults
         self.counters = SimulatorCounters()
         self.in_flight = 0
+        self.accept_token: Callable[[str], bool] | None = None
         # Two streams, so changing the jitter does not move which requests fail.
         self._jitter_rng = random.Random(f"{seed}:jitter")
         self._fail_rng = random.Random(f"{seed}:fail")
@@ -128,6 +136,11 @@ class Simulator:
                 return False
             self._status_left -= 1
         return True
+
+    def _authorized(self, request: Request) -> bool:
+        assert self.accept_token is not None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme == "Bearer" and bool(token) and self.accept_token(token)
 
     def _count(self, request: Request, body: bytes, delay_ms: float) -> None:
         headers: dict[str, str] = {}
@@ -168,6 +181,9 @@ class Simulator:
         if faults.jitter_ms:
             delay_ms += self._jitter_rng.uniform(0.0, faults.jitter_ms)
         self._count(request, body, delay_ms)
+        if self.accept_token is not None and not self._authorized(request):
+            self.counters.unauthorized += 1
+            return mlflow_error(401, "CUSTOMER_UNAUTHORIZED", "Invalid access token.")
         if delay_ms:
             await anyio.sleep(delay_ms / 1000)
         if faults.drop:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,12 +11,27 @@ import pytest
 
 from sim.app import create_simulator_app
 from tests.redis_server import MISSING, RedisServer, available
+from tests.secrets import SecretWatch
 from tests.servers import LiveServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The recorded corpus lives beside the project root (../shared/corpus); never edited.
 SHARED = PROJECT_ROOT.parent / "shared"
 CORPUS = SHARED / "corpus"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log_line() -> Iterator[SecretWatch]:
+    """Every log record of the whole session, whatever logger and level, is checked for
+    the secrets tests registered (tests/secrets.py); one that holds any fails the run."""
+    watch = SecretWatch()
+    root = logging.getLogger()
+    root.addHandler(watch)
+    try:
+        yield watch
+    finally:
+        root.removeHandler(watch)
+    assert not watch.leaks, f"secrets in {len(watch.leaks)} log records: {watch.leaks[:5]}"
 
 
 @pytest.fixture

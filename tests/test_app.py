@@ -99,6 +99,7 @@ async def test_configured_token_replaces_the_clients(serverless: LiveServer) -> 
     config = make_config(
         serverless,
         models={"tok": {"serverless": {"token_env": "SVC_TOKEN"}}},
+        client_auth={"mode": "none"},
     )
     async with proxy(config) as client:
         r = await client.post(
@@ -375,7 +376,11 @@ async def test_one_access_line_per_request_without_tokens_or_bodies(
 ) -> None:
     caplog.set_level(logging.INFO, logger="serving_proxy.access")
     async with proxy(
-        make_config(serverless, models={"tok": {"serverless": {"token_env": "SVC_TOKEN"}}})
+        make_config(
+            serverless,
+            models={"tok": {"serverless": {"token_env": "SVC_TOKEN"}}},
+            client_auth={"mode": "none"},
+        )
     ) as client:
         ok = await client.post(
             "/model/tok/1/invocations",

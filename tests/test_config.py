@@ -143,6 +143,7 @@ def test_bad_config_names_key_and_file(change: dict[str, Any], needle: str) -> N
 def test_token_comes_from_the_named_environment_variable() -> None:
     doc = base()
     doc["backends"]["serverless"]["token_env"] = "DATABRICKS_TOKEN"
+    doc["client_auth"] = {"mode": "none"}
     config = parse_config(doc, {"DATABRICKS_TOKEN": "dapi-secret"})
     assert config.secrets["DATABRICKS_TOKEN"].get_secret_value() == "dapi-secret"
     assert "dapi-secret" not in repr(config)
@@ -151,6 +152,7 @@ def test_token_comes_from_the_named_environment_variable() -> None:
 def test_missing_token_variable_stops_start_up() -> None:
     doc = base()
     doc["backends"]["serverless"]["token_env"] = "DATABRICKS_TOKEN"
+    doc["client_auth"] = {"mode": "none"}
     with pytest.raises(ConfigError, match="DATABRICKS_TOKEN"):
         parse_config(doc, {}, "proxy.yaml")
 

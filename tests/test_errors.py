@@ -30,6 +30,8 @@ CASES: list[tuple[ProxyError, int, str | None]] = [
     (errors.UpstreamTimeout(), 504, errors.JSON),
     (errors.UpstreamProtocolError(), 502, errors.JSON),
     (errors.Overloaded(), 503, errors.JSON),
+    (errors.ClientUnauthorized(), 401, errors.JSON),
+    (errors.IdentityUnavailable(), 503, errors.JSON),
     (errors.ClientClosed(), 499, errors.JSON),
     (errors.InternalError(), 500, errors.JSON),
     (errors.AdminError(401, "unauthorized", "no"), 401, errors.JSON),

@@ -265,7 +265,13 @@ def test_a_trusted_proxys_forwarding_reaches_legacy_appended_to(
 def test_legacy_token_env_is_sent_to_the_legacy_backend(
     serverless: LiveServer, legacy: LiveServer, legacy_backend: dict[str, Any], expected: str
 ) -> None:
-    config = proxy_config(serverless, legacy, percent=0.0, legacy_backend=legacy_backend)
+    config = proxy_config(
+        serverless,
+        legacy,
+        percent=0.0,
+        legacy_backend=legacy_backend,
+        client_auth={"mode": "none"},
+    )
     with served(config) as proxy:
         r = httpx.post(proxy.url + "/model/iris/1/invocations", content=BODY, headers=SPOOF)
     assert r.status_code == 200

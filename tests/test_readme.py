@@ -19,6 +19,10 @@ def test_the_configuration_reference_loads() -> None:
     block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
     assert block is not None
     data = yaml.safe_load(block.group(1))
-    config = parse_config(data, {"DATABRICKS_TOKEN": "t"}, "README.md")
+    config = parse_config(data, {"IRIS_ENDPOINT_TOKEN": "t"}, "README.md")
     assert config.retry_for("iris", Backend.SERVERLESS).on == (429, 503, "connect")
     assert config.models["iris"].queue.size == 100
+    assert config.backends.serverless is not None
+    assert config.backends.serverless.auth == "databricks"
+    assert config.client_auth is not None
+    assert config.client_auth.mode == "tokens"

@@ -46,7 +46,12 @@ async def leader(request: Request) -> Response:
 async def replicas(request: Request) -> Response:
     runtime = _authorized_get(request)
     records, reachable = await runtime.cutover.presence.fleet()
-    body = {"replica_id": runtime.replica_id, "store_reachable": reachable, "replicas": records}
+    # This process as the list names it (with workers, `<id>#<pid>`).
+    body = {
+        "replica_id": runtime.cutover.replica_id,
+        "store_reachable": reachable,
+        "replicas": records,
+    }
     return Response(jsoncodec.dumps(body), media_type=JSON)
 
 

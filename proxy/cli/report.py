@@ -46,7 +46,7 @@ MODEL_COLUMNS = (
     "legacy_client_requests",
     *EVENTS,
 )
-CLIENT_COLUMNS = ("model", "client", "requests", "last_seen", "formats")
+CLIENT_COLUMNS = ("model", "client", "identity", "requests", "last_seen", "formats")
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV
 # injection"); a client label can be a header value the client chose
 # (`reporting.show_client_header`), so such a text cell is written behind a `'`.
@@ -110,6 +110,7 @@ def client_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         {
             "model": name,
             "client": client["client"],
+            "identity": client.get("identity") or "",
             "requests": client["requests"],
             "last_seen": iso(client["last_seen"]),
             "formats": " ".join(f"{k}:{v}" for k, v in client["formats"].items()),
@@ -237,10 +238,11 @@ def render_table(report: Mapping[str, Any]) -> str:
             continue
         lines.append("  legacy clients (still calling /model/<name>/<version>/invocations):")
         lines += _table(
-            ["client key", "requests", "last seen", "formats"],
+            ["client key", "identity", "requests", "last seen", "formats"],
             [
                 [
                     c["client"],
+                    c.get("identity") or "-",
                     str(c["requests"]),
                     iso(c["last_seen"]),
                     " ".join(f"{k}:{v}" for k, v in c["formats"].items()),
@@ -248,7 +250,7 @@ def render_table(report: Mapping[str, Any]) -> str:
                 for c in clients
             ],
             indent="    ",
-            align="lrll",
+            align="llrll",
         )
     return "\n".join(lines) + "\n"
 

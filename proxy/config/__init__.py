@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
-from proxy.config.backends import BackendOverride, Backends, Limits, Listen, ServerConfig
+from proxy.config.backends import (
+    BackendConfig,
+    BackendOverride,
+    Backends,
+    Limits,
+    Listen,
+    ServerConfig,
+    TokenAuth,
+)
 from proxy.config.base import NAME_RE, VERSION_RE, Frozen, Percent
 from proxy.config.cutover import (
     ClientKeyConfig,
@@ -27,6 +35,7 @@ from proxy.config.cutover import (
     ShadowConfig,
     url_has_password,
 )
+from proxy.config.identity import REFUSAL, ClientAuthConfig
 from proxy.config.resilience import (
     NO_RETRY,
     ColdStartConfig,
@@ -140,6 +149,8 @@ class ProxyConfig(Frozen):
     # The replicas' rollout leader (and what else they share beyond `state:`).
     cutover: FleetConfig = FleetConfig()
     client_key: ClientKeyConfig = ClientKeyConfig()
+    # Who may use the proxy; required once credentials are injected towards a backend.
+    client_auth: ClientAuthConfig | None = None
     route_override: RouteOverrideConfig = RouteOverrideConfig()
     shadow: ShadowConfig = ShadowConfig()
     admin: AdminConfig = AdminConfig()
@@ -203,6 +214,8 @@ class ProxyConfig(Frozen):
                     f"models.{endpoints[endpoint]}"
                 )
             endpoints[endpoint] = name
+        if self.client_auth is None and self.injects_credentials():
+            raise ValueError(REFUSAL)
         if self.redis.password_env and self.state and url_has_password(self.state):
             raise ValueError(
                 "redis.password_env: the state URL carries a password as well; give it in "
@@ -235,16 +248,34 @@ class ProxyConfig(Frozen):
             configured = self.backends.legacy
         return configured.cold_start if configured else ColdStartConfig()
 
+    def injects_credentials(self) -> bool:
+        """Whether any backend or model override sends credentials of the proxy's own
+        (a token, or any `auth` method) instead of the client's."""
+        sections: list[Any] = [self.backends.legacy, self.backends.serverless]
+        for model in self.models.values():
+            sections += [model.serverless, model.legacy]
+        return any(
+            section is not None
+            and (
+                getattr(section, "token_env", None) is not None
+                or getattr(section, "auth", None) is not None
+            )
+            for section in sections
+        )
+
     def token_envs(self) -> set[str]:
         """Every environment variable the config names for a secret."""
         names: set[str] = set()
-        for backend in (self.backends.legacy, self.backends.serverless):
-            if backend is not None and backend.token_env:
-                names.add(backend.token_env)
+        sections: list[BackendConfig | BackendOverride | None] = [
+            self.backends.legacy,
+            self.backends.serverless,
+        ]
         for model in self.models.values():
-            for override in (model.serverless, model.legacy):
-                if override is not None and override.token_env:
-                    names.add(override.token_env)
+            sections += [model.serverless, model.legacy]
+        for section in sections:
+            # `auth` holds `token_env` too once validated (its shorthand).
+            if section is not None and isinstance(section.auth, TokenAuth):
+                names.add(section.auth.token_env)
         for env in (
             self.metrics.token_env,
             self.redis.password_env,
@@ -315,7 +346,14 @@ def load_config(path: str | Path, environ: Mapping[str, str]) -> ProxyConfig:
     config = parse_config(data, environ, source)
     # A config read from a file keeps its cutover state in a file beside it by default;
     # a config built in memory (tests, embedding) keeps it in memory (state None).
+    beside = Path(path).resolve().parent
     state = config.state or DEFAULT_STATE_FILE
     if "://" not in state and state != ":memory:":
-        state = str((Path(path).resolve().parent / state).resolve())
-    return config.model_copy(update={"state": state})
+        state = str((beside / state).resolve())
+    update: dict[str, Any] = {"state": state}
+    # Relative file names in the file mean beside it, whatever the working directory.
+    client_auth = config.client_auth
+    if client_auth is not None and client_auth.tokens_file is not None:
+        tokens_file = (beside / client_auth.tokens_file).resolve()
+        update["client_auth"] = client_auth.model_copy(update={"tokens_file": tokens_file})
+    return config.model_copy(update=update)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -68,6 +68,36 @@ def _check_url(value: str) -> str:
     return value.rstrip("/")
 
 
+# `auth: databricks`: the Databricks SDK's unified auth, with the backend's URL as host.
+DATABRICKS = "databricks"
+SHORTHAND_CLASH = (
+    "auth: give either `auth` or its shorthand `token_env`, not both "
+    "(`token_env: NAME` means `auth: {token_env: NAME}`)"
+)
+
+
+class TokenAuth(Frozen):
+    """`auth: {token_env: NAME}`: a static bearer token read from the environment."""
+
+    token_env: EnvName
+
+
+# What a backend sends of the proxy's own: None passes the client's Authorization through.
+Auth = Literal["databricks"] | TokenAuth
+
+
+def _normalise_auth(section: BackendConfig | BackendOverride) -> None:
+    """`token_env: NAME` is the shorthand of `auth: {token_env: NAME}`; after validation
+    `auth` is the one key a reader asks."""
+    if section.token_env is not None:
+        if section.auth is not None:
+            raise ValueError(SHORTHAND_CLASH)
+        # Frozen models: set once, during validation, before anyone reads it. The shorthand
+        # is emptied, so a dump of the config validates again.
+        object.__setattr__(section, "auth", TokenAuth(token_env=section.token_env))
+        object.__setattr__(section, "token_env", None)
+
+
 def _check_template(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError("must start with '/'")
@@ -83,6 +113,8 @@ class BackendConfig(Frozen):
 
     url: str
     path: str | None = None
+    auth: Auth | None = None
+    # The shorthand of `auth: {token_env: ...}`, moved there by validation (then None).
     token_env: EnvName | None = None
     timeout: Timeouts = Timeouts()
     # A hard bound on open connections to this origin; callers beyond it wait for one.
@@ -110,12 +142,19 @@ class BackendConfig(Frozen):
     def _path(cls, value: str | None) -> str | None:
         return None if value is None else _check_template(value)
 
+    @model_validator(mode="after")
+    def _auth(self) -> Self:
+        _normalise_auth(self)
+        return self
+
 
 class BackendOverride(Frozen):
     """A model's override of some of a backend's keys."""
 
     url: str | None = None
     path: str | None = None
+    auth: Auth | None = None
+    # The shorthand of `auth: {token_env: ...}`, moved there by validation (then None).
     token_env: EnvName | None = None
     timeout: Timeouts | None = None
 
@@ -128,6 +167,11 @@ class BackendOverride(Frozen):
     @classmethod
     def _path(cls, value: str | None) -> str | None:
         return None if value is None else _check_template(value)
+
+    @model_validator(mode="after")
+    def _auth(self) -> Self:
+        _normalise_auth(self)
+        return self
 
 
 class Backends(Frozen):

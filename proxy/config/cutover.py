@@ -23,9 +23,11 @@ class ClientKeyConfig(Frozen):
     """What makes a client sticky, tried in this order; none found: per request.
 
     The address is `scope["client"]`, which uvicorn sets from X-Forwarded-For only for the
-    peers in `server.trusted_proxies`.
+    peers in `server.trusted_proxies`. `identity`: the client `client_auth` proved, tried
+    first.
     """
 
+    identity: bool = False
     header: str | None = None
     authorization: bool = False
     address: bool = True
@@ -39,7 +41,8 @@ class ClientKeyConfig(Frozen):
 
 
 class RouteOverrideConfig(Frozen):
-    """Client keys allowed to choose their backend with `X-Serving-Proxy-Route`."""
+    """Clients allowed to choose their backend with `X-Serving-Proxy-Route`: their proven
+    identities under `client_auth`, else their addresses."""
 
     clients: tuple[str, ...] = ()
 

@@ -58,9 +58,8 @@ class Cutover:
             announces nothing).
         probe: sends a model's `rollout.probe` before a step up (the app's, through the
             translating path); None: a model with a probe never steps up by itself.
-        replica: this process's id in the shared gate windows (unique per process);
-            default: host and process id.
-        replica_id: this replica's id: the lease holder's name, its heartbeat's key.
+        replica: this process's id in the store: its gate-window records, the lease holder's
+            name, its heartbeat's key (unique per process); default: host and process id.
 
     The hot path calls `decide` and `count_call` (and the shadow `count_shadow`); they are
     the parts' own bound methods, so the facade adds no call to a request.
@@ -76,23 +75,21 @@ class Cutover:
         poll_s: float = DEFAULT_POLL_S,
         probe: Probe | None = None,
         replica: str | None = None,
-        replica_id: str = "local",
     ) -> None:
         self.config = config
-        self.replica_id = replica_id
         self.store = store if store is not None else open_store(config.state, _password(config))
         self.on_change: list[ChangeListener] = []
         self.live = LiveTable(config, clock(), rng or random.Random())
         self.sync = StoreSync(self.live, self.store, self._changed, poll_s)
         self.commands = Commands(self.live, self.store, self.sync, self._changed, clock)
-        self.windows = SharedWindows(
-            self.live, self.store, clock, replica or default_publisher_id()
-        )
-        self.leadership = Leadership(self.store, replica_id, config.cutover.leader_ttl_s)
+        member = replica or default_publisher_id()
+        self.replica_id = member
+        self.windows = SharedWindows(self.live, self.store, clock, member)
+        self.leadership = Leadership(self.store, member, config.cutover.leader_ttl_s)
         self.controller = Controller(
-            self.live, self.commands, clock, probe, self.windows, self.leadership
+            self.live, self.commands, clock, probe, self.windows, leadership=self.leadership
         )
-        self.presence = Presence(self.store, replica_id, self.sync, self.leadership)
+        self.presence = Presence(self.store, member, self.sync, self.leadership)
         self._tasks = TaskSet()
 
         self.decide = self.live.decide

@@ -63,6 +63,7 @@ class Controller:
         clock: Callable[[], float],
         probe: Probe | None = None,
         windows: SharedWindows | None = None,
+        *,
         leadership: Leadership | None = None,
     ) -> None:
         self.table = table
@@ -175,7 +176,10 @@ class Controller:
         window = self.windows.window(name)
         action = evaluate(policy, state.serverless_percent, rollout, window, now)
         lease = None if self.leadership is None else self.leadership.lease
-        if action.kind in ("advance", "done") and self.leadership is not None and lease is None:
+        writes = action.kind == "advance" or (
+            action.kind == "done" and rollout.status is not RolloutStatus.DONE
+        )
+        if writes and self.leadership is not None and lease is None:
             # The leader takes this step (and probes for it); shown here as judged.
             self._actions[name] = replace(
                 action, reason=f"{action.reason}; the rollout leader takes the step"

@@ -15,11 +15,11 @@ request, later than when it was sent).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 
+from proxy import tasks
 from proxy.cutover.store import Lease, StateError, StateStore
 
 LOGGER = logging.getLogger("serving_proxy.cutover")
@@ -117,7 +117,7 @@ class Leadership:
                 if self._lease is not None and self.lease is None:
                     self.lost("the store did not answer within the lease")
             pause = self.ttl_s * RENEW_SHARE
-            await asyncio.sleep(pause if self._lease is not None else min(pause, ACQUIRE_S))
+            await tasks.pause(pause if self._lease is not None else min(pause, ACQUIRE_S))
 
     async def release(self) -> None:
         """Give the lease up (a graceful stop), so that another replica leads at once."""

@@ -11,7 +11,6 @@ cannot reach the store lists its own record from memory, stale.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
@@ -19,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from proxy import __version__
+from proxy import __version__, tasks
 from proxy.cutover.lease import Leadership
 from proxy.cutover.store import StateError, StateStore
 from proxy.cutover.sync import StoreSync
@@ -98,7 +97,7 @@ class Presence:
         """Heartbeat until cancelled."""
         while True:
             await self.beat()
-            await asyncio.sleep(HEARTBEAT_S)
+            await tasks.pause(HEARTBEAT_S)
 
     async def leave(self) -> None:
         """Take this replica's record out (a graceful stop)."""

@@ -25,6 +25,7 @@ from proxy.cutover.store import (
     Stored,
     encode_document,
 )
+from proxy.tasks import checkpoint
 
 DEFAULT_REDIS_PREFIX = "serving-proxy"
 # The audit log keeps this many entries in Redis (SQLite keeps all: a file is cheap).
@@ -287,6 +288,7 @@ class RedisStore:
                 heard = loop.time()
                 yield -1
                 while True:
+                    checkpoint()
                     message = await pubsub.get_message(timeout=PUBSUB_IDLE_S)
                     now = loop.time()
                     if message is not None:

@@ -21,10 +21,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import anyio
-
 from proxy.cutover.store import StateError, StateStore, Stored
 from proxy.cutover.table import ChangeHook, LiveTable, ModelState
+from proxy.tasks import checkpoint, pause
 
 LOGGER = logging.getLogger("serving_proxy.cutover")
 DEFAULT_POLL_S = 0.25
@@ -67,7 +66,8 @@ class StoreSync:
         self._loaded_at = monotonic()
         self._after_ok = True
         self._polled_at = monotonic()
-        self._wake = asyncio.Event()
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
         self.reachable = True
         # Whether the store's announcements are heard now (else: poll every `poll_s`).
         self.pushed = False
@@ -79,7 +79,9 @@ class StoreSync:
 
     def notify(self) -> None:
         """The store announced a write: poll now rather than at the next turn."""
-        self._wake.set()
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Reload the state if the store's generation moved. True if anything changed.
@@ -139,10 +141,8 @@ class StoreSync:
         """Poll the store (on an announcement, else every `poll_s`, or `SLOW_POLL_S`
         while announcements are heard) and run `after` every turn, until cancelled."""
         while True:
-            with anyio.move_on_after(self.poll_s):
-                await self._wake.wait()
-            woken = self._wake.is_set()
-            self._wake.clear()
+            await self._pause()
+            woken, self._woken = self._woken, False
             slow = self._monotonic() - self._polled_at >= SLOW_POLL_S
             if woken or not self.pushed or slow or not self.reachable:
                 reachable = await self.poll()
@@ -158,11 +158,28 @@ class StoreSync:
                     LOGGER.exception("cutover loop failed; keeping the last known table")
                     self._after_ok = False
 
+    async def _pause(self) -> None:
+        """Wait `poll_s`, or less if `notify` comes first. A bare future and a timer: a
+        cancellation that meets the timeout here is never taken for the timeout (as
+        `asyncio.wait_for` on 3.11, or a cancel scope, may), so the loop always stops."""
+        checkpoint()
+        if self._woken:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(self.poll_s, _wake, waiter)
+        self._waiter = waiter
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
     async def listen(self) -> None:
         """Hear the store's announcements until cancelled, subscribing again (with a
         growing pause) whenever the subscription is lost. A store that announces nothing
         returns at once and is polled."""
-        pause = RESUBSCRIBE_S
+        backoff = RESUBSCRIBE_S
         while True:
             changes = self.store.changes()
             if changes is None:
@@ -172,7 +189,7 @@ class StoreSync:
                     # The first is the subscription itself: whatever was announced
                     # while this process was not listening is read now.
                     self.pushed = True
-                    pause = RESUBSCRIBE_S
+                    backoff = RESUBSCRIBE_S
                     self.notify()
             except StateError as exc:
                 if self.pushed:
@@ -183,5 +200,10 @@ class StoreSync:
                 await changes.aclose()
             self.pushed = False
             self.notify()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, RESUBSCRIBE_CAP_S)
+            await pause(backoff)
+            backoff = min(backoff * 2, RESUBSCRIBE_CAP_S)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -61,8 +61,9 @@ def fields(
     """The access-log line of one finished request, as a JSON-ready dict; `replica_id`
     names the replica that served it, so that a fleet's lines can be told apart.
 
-    The client appears only as its key, hashed unless the config lets a header value
-    show: an address is personal data, an Authorization value a secret.
+    The client appears as its key, hashed unless the config lets a header value show (an
+    address is personal data, an Authorization value a secret), and as the identity
+    `client_auth` proved, which the operator or the workspace named.
     """
     upstream_s = record.upstream_s
     return {
@@ -72,6 +73,7 @@ def fields(
         "method": record.method,
         "path": record.path,
         "client_key": record.client_key,
+        "identity": record.identity,
         "model": record.model,
         "version": record.version,
         "legacy_format": record.legacy_format,

@@ -144,7 +144,11 @@ class Hub:
         now = self.clock()
         if record.client_key is not None and record.model is not None and is_legacy_client(record):
             self.inventory.saw(
-                record.model, record.client_key, record.legacy_format or PASSTHROUGH, now
+                record.model,
+                record.client_key,
+                record.legacy_format or PASSTHROUGH,
+                now,
+                record.identity,
             )
         if self.stats is not None:
             self.stats.add(record, now)
@@ -225,6 +229,11 @@ class Hub:
             self.stats.add_event(model, "probes_ok" if ok else "probes_failed", self.clock())
         if self.metrics is not None:
             self.metrics.count_probe(model, "ok" if ok else "failed")
+
+    def token_fetch(self, url: str, ok: bool) -> None:
+        """Count one token fetch for a backend's `auth: databricks` (metrics only)."""
+        if self.metrics is not None:
+            self.metrics.count_token_fetch(url, "ok" if ok else "failed")
 
     def set_rollout_source(self, source: RolloutSource) -> None:
         """Read weights and rollout states from the cutover store from now on."""

@@ -42,6 +42,9 @@ class ClientEntry:
     requests: int = 0
     last_seen: float = 0.0
     formats: dict[str, int] = field(default_factory=dict)
+    # Who `client_auth` proved the key's client to be: a name a migration report may show
+    # (a tokens-file name or a workspace principal), while `key` stays a keyed hash.
+    identity: str | None = None
 
 
 class ClientInventory:
@@ -59,8 +62,10 @@ class ClientInventory:
         self._other: dict[str, ClientEntry] = {}
         self._top: dict[str, frozenset[str]] = {}
 
-    def saw(self, model: str, key: str, legacy_format: str, now: float) -> None:
-        """Count one legacy-protocol request of `key` to `model`."""
+    def saw(
+        self, model: str, key: str, legacy_format: str, now: float, identity: str | None = None
+    ) -> None:
+        """Count one legacy-protocol request of `key` (proven as `identity`) to `model`."""
         entries = self._models.setdefault(model, {})
         entry = entries.get(key)
         if entry is None:
@@ -69,6 +74,8 @@ class ClientInventory:
             entry = entries[key] = ClientEntry()
         entry.requests += 1
         entry.last_seen = now
+        if identity is not None:
+            entry.identity = identity
         entry.formats[legacy_format] = entry.formats.get(legacy_format, 0) + 1
         top = self._top.get(model)
         if top is None or (key not in top and len(top) < self.top_n):
@@ -106,10 +113,10 @@ class ClientInventory:
             data = peer.get(model)
             if data is None:
                 continue
-            for key, requests, last_seen, formats in data["entries"]:
+            for key, requests, last_seen, formats, *identity in data["entries"]:
                 _fold(
                     entries.setdefault(key, ClientEntry()),
-                    ClientEntry(requests, last_seen, formats),
+                    ClientEntry(requests, last_seen, formats, *identity),
                 )
             requests, last_seen, formats = data["other"]
             _fold(rest, ClientEntry(requests, last_seen, formats))
@@ -127,14 +134,16 @@ class ClientInventory:
         for model, entries in self._models.items():
             other = self._other.get(model, ClientEntry())
             out[model] = {
-                "entries": [[k, e.requests, e.last_seen, e.formats] for k, e in entries.items()],
+                "entries": [
+                    [k, e.requests, e.last_seen, e.formats, e.identity] for k, e in entries.items()
+                ],
                 "other": [other.requests, other.last_seen, other.formats],
             }
         return out
 
 
 def _copy(entry: ClientEntry) -> ClientEntry:
-    return ClientEntry(entry.requests, entry.last_seen, dict(entry.formats))
+    return ClientEntry(entry.requests, entry.last_seen, dict(entry.formats), entry.identity)
 
 
 def _fold(into: ClientEntry, entry: ClientEntry) -> None:
@@ -142,11 +151,14 @@ def _fold(into: ClientEntry, entry: ClientEntry) -> None:
     into.last_seen = max(into.last_seen, entry.last_seen)
     for fmt, count in entry.formats.items():
         into.formats[fmt] = into.formats.get(fmt, 0) + count
+    if entry.identity is not None:
+        into.identity = entry.identity
 
 
 def _client_row(key: str, entry: ClientEntry) -> dict[str, Any]:
     return {
         "client": key,
+        "identity": entry.identity,
         "requests": entry.requests,
         "last_seen": entry.last_seen,
         "formats": dict(sorted(entry.formats.items())),

@@ -244,6 +244,13 @@ class Metrics:
             ("model", "result"),
             registry=registry,
         )
+        self.token_fetches = Counter(
+            "serving_proxy_token_fetches",
+            "Tokens fetched for a backend's `auth: databricks` (the first, each refresh ahead "
+            "of expiry, each renewal after a 401), by the backend's URL and result.",
+            ("backend_url", "result"),
+            registry=registry,
+        )
         # labels() takes a lock and validates on every call; the children never change.
         self._children: dict[tuple[str, ...], tuple[Histogram, Counter]] = {}
         self._upstream: dict[tuple[str, str], Histogram] = {}
@@ -308,6 +315,10 @@ class Metrics:
             self.spills.labels(model, record.spill).inc()
         if record.queue is not None:
             self.queue_wait.labels(model, record.queue).observe(record.queued_s)
+
+    def count_token_fetch(self, url: str, result: str) -> None:
+        """One token fetch for `auth: databricks` towards `url`: `ok` or `failed`."""
+        self.token_fetches.labels(url, result).inc()
 
     def count_probe(self, model: str, result: str) -> None:
         """One readiness probe before a rollout step: `ok` or `failed`."""

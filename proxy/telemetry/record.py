@@ -26,6 +26,9 @@ class ExchangeRecord:
     client: str | None = None
     # The client key as reports may show it: hashed, or a header value the config allows.
     client_key: str | None = None
+    # Who `client_auth` proved the client to be (a tokens-file name, a workspace user or
+    # service principal); None when clients are not asked.
+    identity: str | None = None
     model: str | None = None
     version: str | None = None
     legacy_format: str | None = None

@@ -17,11 +17,12 @@ from asgi_lifespan import LifespanManager
 
 from proxy.app import create_app
 from proxy.config import ProxyConfig, parse_config
+from tests.secrets import secret
 from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
-TOKEN = "adm1n-t0ken-for-tests-0123456789abcdef"
+TOKEN = secret("adm1n-t0ken-for-tests-0123456789abcdef")
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 SPLIT = b'{"columns": ["a", "b"], "data": [[1, 2.5], [3, 4]]}'
 SPLIT_CT = "application/json; format=pandas-split"

@@ -4,6 +4,7 @@ redis-server (stopped and started by its PID), and one on its in-memory store.""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from proxy import __version__
-from proxy.app import create_app
+from proxy.app import build_runtime, create_app
 from proxy.config import ProxyConfig, parse_config
 from tests.admin.test_api import AUTH, TOKEN
 from tests.redis_server import MISSING, RedisServer, available
@@ -183,3 +184,14 @@ async def test_without_redis_a_replica_serves_ready_and_stale_and_catches_up(
             return names == ["pa", "pb"] and leader["replica_id"] in ("pa", "pb")
 
         await until(listed_and_led, 5)
+
+
+def test_the_workers_of_one_replica_are_members_of_their_own(
+    serverless: LiveServer, legacy: LiveServer
+) -> None:
+    one = fleet_config(serverless, legacy, "pod-a")
+    assert build_runtime(one).cutover.replica_id == "pod-a"
+    two = one.model_copy(update={"server": one.server.model_copy(update={"workers": 2})})
+    runtime = build_runtime(two)
+    assert runtime.replica_id == "pod-a"  # the access log and /readyz name the replica
+    assert runtime.cutover.replica_id == f"pod-a#{os.getpid()}"

@@ -121,7 +121,7 @@ async def fleet(redis_url: str) -> AsyncIterator[Fleet]:
                 RedisStore(redis_url, prefix=prefix),
                 clock=clock or Clock(),
                 poll_s=3600,  # the test ticks; the lease and heartbeat loops run
-                replica_id=f"r{i}",
+                replica=f"r{i}",
             )
             await cutover.start()
             made.append(cutover)
@@ -215,3 +215,33 @@ async def test_a_graceful_stop_hands_the_lead_over_at_once(fleet: Fleet) -> None
     await replicas[0].aclose()
     took = await until(lambda: bool(leaders(replicas[1:])), 2)
     print(f"handover {took * 1000:.0f} ms after a graceful stop")
+
+
+@pytest.mark.redis
+async def test_a_rollout_goes_on_under_the_next_leader_each_step_once(fleet: Fleet) -> None:
+    clock = Clock()
+    replicas = await fleet(clock=clock)
+    first, rest = replicas[0], replicas[1:]
+    clock.now += 60
+    feed(first, 20)
+    await first.tick()
+    assert first.weight("iris") == 25
+    await first._tasks.aclose()  # the leader dies mid-rollout, its lease held
+    await until(lambda: bool(leaders(rest)), TTL_S + 2)
+    [second] = [r for r in rest if r.leadership.leads()]
+    await second.refresh()
+    assert second.weight("iris") == 25  # it goes on from the stored step, not from 5%
+    clock.now += 60
+    feed(second, 20)
+    for r in rest:
+        await r.tick()
+    await first.tick()  # the dead leader's belief has run out: it writes nothing
+    for r in replicas:
+        await r.refresh(force=True)
+        assert r.weight("iris") == 50
+    steps = [
+        (e.old or {}).get("serverless_percent")
+        for e in reversed(await second.history("iris"))
+        if e.action == "advance"
+    ]
+    assert steps == [5, 25]

@@ -39,7 +39,7 @@ async def trio(redis_url: str) -> AsyncIterator[list[Cutover]]:
         cutover = Cutover(
             config({"iris": {"serverless_percent": 0}}),
             RedisStore(redis_url, prefix=prefix),
-            replica_id=f"r{i}",
+            replica=f"r{i}",
         )
         await cutover.start()
         made.append(cutover)

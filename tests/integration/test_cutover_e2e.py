@@ -21,11 +21,12 @@ import pytest
 
 from proxy.routing import bucket_of, threshold
 from tests.integration.proxy_process import PROJECT_ROOT, ProxyProcess
+from tests.secrets import secret
 from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reset_simulators")]
 
-TOKEN = "e2e-admin-token-0123456789abcdef01234"
+TOKEN = secret("e2e-admin-token-0123456789abcdef01234")
 ENV = {"SERVING_PROXY_ADMIN_TOKEN": TOKEN}
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 SPLIT = b'{"columns": ["a", "b"], "data": [[1, 2.5], [3, 4]]}'

@@ -28,11 +28,12 @@ from proxy.app import create_app
 from proxy.config import ADMIN_TOKEN_ENV, parse_config
 from sim.app import create_simulator_app
 from tests.conftest import PROJECT_ROOT
+from tests.secrets import secret
 from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-TOKEN = "dashboard-test-token-0123456789abcdef"
+TOKEN = secret("dashboard-test-token-0123456789abcdef")
 ARTIFACTS = PROJECT_ROOT / "artifacts"
 START_TIMEOUT_S = 30.0
 PAGE_TIMEOUT_S = 30.0

@@ -24,11 +24,12 @@ from proxy.cli.client import DEFAULT_TIMEOUT_S, AdminClient
 from proxy.cli.cutover import probe_wait, run_admin_command
 from proxy.cli.main import build_parser
 from proxy.config import parse_config
+from tests.secrets import secret
 from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reset_simulators")]
 
-TOKEN = "probe-admin-token-0123456789abcdef0123"
+TOKEN = secret("probe-admin-token-0123456789abcdef0123")
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 SPLIT = '{"columns": ["a", "b"], "data": [[1, 2.5], [3, 4]]}'
 SPLIT_CT = "application/json; format=pandas-split"

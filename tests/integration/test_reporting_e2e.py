@@ -30,11 +30,12 @@ from proxy.cli.report import MODEL_COLUMNS, run_report
 from proxy.config import ADMIN_TOKEN_ENV, parse_config
 from sim.app import create_simulator_app
 from tests.integration.proxy_process import ProxyProcess, free_port
+from tests.secrets import secret
 from tests.servers import LiveServer
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "e2e-admin-token-0123456789abcdef01234"
+TOKEN = secret("e2e-admin-token-0123456789abcdef01234")
 LEGACY_DELAY_MS, SERVERLESS_DELAY_MS, JITTER_MS = 6.0, 2.0, 4.0
 PER_SIDE = 60
 SPLIT = {"content-type": "application/json; format=pandas-split"}

@@ -29,6 +29,7 @@ from proxy.models import Backend, ModelRef, Reply
 from proxy.shadow.job import ShadowJob
 from proxy.shadow.mirror import decoded_body
 from proxy.shadow.runner import Shadow
+from tests.secrets import secret
 from tests.servers import LiveServer
 
 pytestmark = [
@@ -37,7 +38,7 @@ pytestmark = [
     pytest.mark.usefixtures("reset_simulators"),
 ]
 
-TOKEN = "shadow-test-token-0123456789abcdef0123"
+TOKEN = secret("shadow-test-token-0123456789abcdef0123")
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 SPLIT = b'{"columns": ["a", "b"], "data": [[1, 2.5], [3, 4]]}'
 HEADERS = {"content-type": "application/json; format=pandas-split"}

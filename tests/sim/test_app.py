@@ -134,6 +134,7 @@ async def test_stats_count_requests_and_keep_the_last(connect: Connect) -> None:
         "by_path": {},
         "last_request": None,
         "max_in_flight": 0,
+        "unauthorized": 0,
     }
 
 

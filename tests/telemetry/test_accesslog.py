@@ -33,6 +33,7 @@ def test_fields_of_a_translated_request() -> None:
         "method": "POST",
         "path": "/model/iris/1/invocations",
         "client_key": "0123456789ab",
+        "identity": None,
         "model": "iris",
         "version": "1",
         "legacy_format": "pandas-split",

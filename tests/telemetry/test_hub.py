@@ -65,7 +65,13 @@ def test_finish_counts_a_legacy_client_once_everywhere() -> None:
     assert view["requests"] == 2
     # No detected format: the body went to the legacy side untouched.
     assert view["clients"] == [
-        {"client": "app-a", "requests": 1, "last_seen": T0, "formats": {"passthrough": 1}}
+        {
+            "client": "app-a",
+            "identity": None,
+            "requests": 1,
+            "last_seen": T0,
+            "formats": {"passthrough": 1},
+        }
     ]
     sample = h.metrics.registry.get_sample_value(
         "serving_proxy_legacy_requests_total", {"model": "iris", "client": "app-a"}

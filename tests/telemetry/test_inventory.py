@@ -38,7 +38,13 @@ def test_inventory_is_bounded_and_totals_add_up() -> None:
         inventory.saw("iris", f"k{i}", "csv", T0 + i)
     assert len(inventory.ranked("iris")) == inventory.capacity
     rows = inventory.report("iris")
-    assert rows[0] == {"client": "heavy", "requests": 2, "last_seen": T0, "formats": {"csv": 2}}
+    assert rows[0] == {
+        "client": "heavy",
+        "identity": None,
+        "requests": 2,
+        "last_seen": T0,
+        "formats": {"csv": 2},
+    }
     assert sum(r["requests"] for r in rows) == 102
     assert rows[-1]["client"] == OTHER
 
@@ -55,3 +61,15 @@ def test_inventory_is_bounded_and_totals_add_up() -> None:
 )
 def test_is_legacy_client(path: str, model: str | None, legacy: bool) -> None:
     assert is_legacy_client(record(path=path, model=model)) is legacy
+
+
+def test_a_proven_identity_is_named_beside_its_label_also_across_workers() -> None:
+    here, there = ClientInventory(top_n=2), ClientInventory(top_n=2)
+    here.saw("iris", "f00d", "csv", T0, "svc-reporting")
+    there.saw("iris", "f00d", "csv", T0 + 1, "svc-reporting")
+    there.saw("iris", "beef", "csv", T0 + 1)
+    rows = here.report("iris", [there.export()])
+    assert [(r["client"], r["identity"], r["requests"]) for r in rows] == [
+        ("f00d", "svc-reporting", 2),
+        ("beef", None, 1),
+    ]

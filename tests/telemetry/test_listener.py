@@ -14,9 +14,10 @@ from proxy.config import parse_config
 from proxy.config.backends import Listen
 from proxy.telemetry.listener import MetricsListener
 from tests.integration.proxy_process import free_port
+from tests.secrets import secret
 from tests.servers import LiveServer
 
-TOKEN = "m" * 40
+TOKEN = secret("m" * 40)
 ENV = {"METRICS_TOKEN": TOKEN}
 EXPOSITION = "serving_proxy_"
 
