@@ -1,13 +1,13 @@
-"""`python -m sim simulate ...` and `python -m sim demo ...`, without the proxy's CLI."""
+"""`python -m sim simulate|demo|fleet ...`, without the proxy's CLI."""
 
 from __future__ import annotations
 
 import sys
 
-from sim.cli import demo, simulate
+from sim.cli import demo, fleet, simulate
 
-_USAGE = "usage: python -m sim {simulate,demo} [flags]  (each takes --help)"
-_COMMANDS = {"simulate": simulate, "demo": demo}
+_USAGE = "usage: python -m sim {simulate,demo,fleet} [flags]  (each takes --help)"
+_COMMANDS = {"simulate": simulate, "demo": demo, "fleet": fleet}
 
 
 def main(argv: list[str]) -> int:

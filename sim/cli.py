@@ -1,4 +1,4 @@
-"""The `simulate` and `demo` commands: flags in, exit status out.
+"""The `simulate`, `demo` and `fleet` commands: flags in, exit status out.
 
 `serving-proxy simulate|demo ...` and `python -m sim simulate|demo ...` both land here; each
 command parses its own flags.
@@ -15,6 +15,7 @@ from typing import Final, get_args
 
 from proxy.config import ADMIN_TOKEN_ENV, MIN_ADMIN_TOKEN_CHARS
 from sim import demo as demo_run
+from sim import fleet as fleet_run
 from sim.app import create_simulator_app
 from sim.corpus import DEFAULT_CORPUS
 from sim.dialect import SimulatorKind
@@ -121,3 +122,19 @@ def demo(argv: list[str]) -> int:
     return demo_run.run_demo(
         args.corpus.resolve(), tries=args.tries, start_timeout_s=args.start_timeout, hold=args.hold
     )
+
+
+def fleet(argv: list[str]) -> int:
+    """Run a fleet on loopback until stopped; 1 when it could not start."""
+    parser = argparse.ArgumentParser(
+        prog="scripts/fleet",
+        description="redis-server, three proxy replicas and nginx in front of them, with "
+        "simulated backends, all on loopback; stays up until Ctrl-C or SIGTERM.",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, help="stop by itself after this many seconds"
+    )
+    args = parser.parse_args(argv)
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--duration must be positive")
+    return fleet_run.run_fleet(duration_s=args.duration)
