@@ -32,7 +32,8 @@ from proxy.cutover.presence import Presence
 from proxy.cutover.probe import Probe
 from proxy.cutover.redisstore import RedisStore
 from proxy.cutover.shared import SharedWindows, default_publisher_id
-from proxy.cutover.store import MEMORY, Lease, SqliteStore, StateError, StateStore
+from proxy.cutover.sqlitestore import MEMORY, SqliteStore
+from proxy.cutover.store import Lease, StateError, StateStore
 from proxy.cutover.sync import DEFAULT_POLL_S, StoreSync
 from proxy.cutover.table import LiveTable, ModelState
 from proxy.routing import RoutingTable

@@ -10,7 +10,7 @@ import pytest
 
 from proxy.config import ProxyConfig
 from proxy.cutover import Cutover
-from proxy.cutover.store import SqliteStore
+from proxy.cutover.sqlitestore import SqliteStore
 from tests.cutover.factory import Clock, Factory, config
 
 

@@ -29,7 +29,7 @@ from proxy.cutover.probe import (
     timed_out,
     unreachable,
 )
-from proxy.cutover.store import SqliteStore
+from proxy.cutover.sqlitestore import SqliteStore
 from proxy.models import Backend
 from proxy.probing import probe_inbound, url_segment
 from tests.cutover.factory import Clock, config

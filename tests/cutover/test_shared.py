@@ -15,7 +15,8 @@ from proxy.admin.views import cutover_view
 from proxy.config import ProxyConfig
 from proxy.cutover import Cutover
 from proxy.cutover.redisstore import RedisStore
-from proxy.cutover.store import SqliteStore, StateStore
+from proxy.cutover.sqlitestore import SqliteStore
+from proxy.cutover.store import StateStore
 from proxy.models import Backend
 from tests.cutover.factory import Clock, config
 from tests.redis_server import MISSING, RedisServer, available

@@ -11,12 +11,8 @@ import pytest
 
 from proxy.cutover import open_store
 from proxy.cutover.redisstore import RedisStore
-from proxy.cutover.store import (
-    AuditEntry,
-    SqliteStore,
-    StateError,
-    StateStore,
-)
+from proxy.cutover.sqlitestore import SqliteStore
+from proxy.cutover.store import AuditEntry, StateError, StateStore
 
 pytestmark = pytest.mark.anyio
 _prefixes = itertools.count()

@@ -12,7 +12,8 @@ import pytest
 
 from proxy.config import parse_config
 from proxy.cutover import Cutover
-from proxy.cutover.store import SqliteStore, StateError
+from proxy.cutover.sqlitestore import SqliteStore
+from proxy.cutover.store import StateError
 from tests.redis_server import MISSING, RedisServer, available
 
 pytestmark = pytest.mark.anyio

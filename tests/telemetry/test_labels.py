@@ -16,7 +16,8 @@ from asgi_lifespan import LifespanManager
 from proxy.app import create_app
 from proxy.config import parse_config
 from proxy.cutover.redisstore import RedisStore
-from proxy.cutover.store import SqliteStore, StateError
+from proxy.cutover.sqlitestore import SqliteStore
+from proxy.cutover.store import StateError
 from proxy.routing import ClientKey, hash_client_key, report_label
 from proxy.telemetry.labels import ClientLabels
 
