@@ -176,20 +176,23 @@ class RedisStore:
                     out[name] = Stored(int(fields["revision"]), jsoncodec.loads(fields["data"]))
         return out
 
+    def _write_keys(self, model: str) -> list[str]:
+        """What a write's script touches, in the order both scripts read KEYS."""
+        return [
+            self._key("model", model),
+            self._key("generation"),
+            self._key("audit"),
+            self._key("epoch"),
+            self.channel,
+        ]
+
     async def write(
         self, model: str, expected: int | None, data: dict[str, Any], audit: AuditEntry
     ) -> bool:
         with self._reached():
             await self._client.sadd(self._key("models"), model)
             done = await self._cas(
-                keys=[
-                    self._key("model", model),
-                    self._key("generation"),
-                    self._key("audit"),
-                    self._key("epoch"),
-                    self.channel,
-                ],
-                args=self._cas_args(expected, data, audit),
+                keys=self._write_keys(model), args=self._cas_args(expected, data, audit)
             )
         return bool(done)
 
@@ -256,14 +259,7 @@ class RedisStore:
         with self._reached():
             await self._client.sadd(self._key("models"), model)
             done = await self._fenced_cas(
-                keys=[
-                    self._key("model", model),
-                    self._key("generation"),
-                    self._key("audit"),
-                    self._key("epoch"),
-                    self.channel,
-                    self._key("leader"),
-                ],
+                keys=[*self._write_keys(model), self._key("leader")],
                 args=[*self._cas_args(expected, data, audit), lease.encode()],
             )
         if done == -1:
