@@ -145,7 +145,7 @@ class TokenFile:
         self.path = path
         self.clock = clock
         try:
-            self.digests, self.stamp = self._read()
+            self._adopt(*self._read())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"client_auth.tokens_file: {_why(exc)}") from None
         self.checked = clock()
@@ -154,6 +154,11 @@ class TokenFile:
         stat = self.path.stat()
         text = self.path.read_text(encoding="utf-8")
         return parse_tokens(text, str(self.path)), (stat.st_mtime_ns, stat.st_size)
+
+    def _adopt(self, digests: dict[bytes, str], stamp: tuple[int, int]) -> None:
+        self.digests, self.stamp = digests, stamp
+        # One Identity per name, made once per reading: nothing is built per request.
+        self._identities = {name: Identity(name) for name in digests.values()}
 
     def current(self) -> dict[bytes, str]:
         now = self.clock()
@@ -167,7 +172,7 @@ class TokenFile:
             stat = self.path.stat()
             if (stat.st_mtime_ns, stat.st_size) == self.stamp:
                 return
-            self.digests, self.stamp = self._read()
+            self._adopt(*self._read())
         except (OSError, ValueError) as exc:
             LOGGER.error(
                 "client_auth.tokens_file not reloaded, the last good one stays: %s", _why(exc)
@@ -177,7 +182,7 @@ class TokenFile:
 
     def identify(self, token: str) -> Identity | None:
         name = match_digest(token, self.current())
-        return None if name is None else Identity(name)
+        return None if name is None else self._identities[name]
 
     def __repr__(self) -> str:
         return f"TokenFile({str(self.path)!r}, tokens={len(self.digests)})"

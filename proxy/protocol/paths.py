@@ -8,6 +8,7 @@ every value is percent-encoded into the configured template (protocols.md §1.2,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -34,6 +35,9 @@ class ScoringUrl:
     segment: str
 
 
+# Asked twice a request (client_auth, then the dispatch) of the same few paths: remembered,
+# within a bound, since any client may send any path.
+@functools.lru_cache(maxsize=1024)
 def scoring_url(path: str) -> ScoringUrl | None:
     """Which scoring URL `path` is (§1.2, §1.5), or None for any other path.
 
