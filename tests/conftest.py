@@ -11,7 +11,7 @@ import pytest
 
 from sim.app import create_simulator_app
 from tests.redis_server import MISSING, RedisServer, available
-from tests.secrets import SecretWatch
+from tests.secretwatch import SecretWatch
 from tests.servers import LiveServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ CORPUS = SHARED / "corpus"
 @pytest.fixture(scope="session", autouse=True)
 def no_secret_in_any_log_line() -> Iterator[SecretWatch]:
     """Every log record of the whole session, whatever logger and level, is checked for
-    the secrets tests registered (tests/secrets.py); one that holds any fails the run."""
+    the secrets tests registered (tests/secretwatch.py); one that holds any fails the run."""
     watch = SecretWatch()
     root = logging.getLogger()
     root.addHandler(watch)

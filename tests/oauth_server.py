@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tests.secrets import secret
+from tests.secretwatch import secret
 
 # Newer SDKs first read the host's metadata for the OIDC root, then discover under it.
 METADATA_PATH = "/.well-known/databricks-config"

@@ -38,7 +38,7 @@ from proxy.config.cutover import ClientKeyConfig
 from proxy.config.identity import AllowConfig
 from proxy.errors import IdentityUnavailable
 from proxy.routing import ClientKey, bucket_of, client_key, report_label
-from tests.secrets import assert_no_known_secret, secret
+from tests.secretwatch import assert_no_known_secret, secret
 from tests.servers import LiveServer
 
 pytestmark = pytest.mark.timeout(60)

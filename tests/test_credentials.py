@@ -20,7 +20,7 @@ from proxy.credentials import (
     lease_of,
 )
 from proxy.errors import UpstreamConnectError
-from tests.secrets import secret
+from tests.secretwatch import secret
 
 ENV = {
     "SVC_TOKEN": secret("dapi-service"),

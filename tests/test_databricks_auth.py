@@ -26,7 +26,7 @@ from proxy.config import ProxyConfig, parse_config
 from proxy.credentials import build_credentials
 from sim.app import Simulator, create_simulator_app
 from tests.oauth_server import OAuthServer, workspace_app
-from tests.secrets import assert_no_known_secret, secret
+from tests.secretwatch import assert_no_known_secret, secret
 from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]

@@ -17,7 +17,7 @@ from asgi_lifespan import LifespanManager
 
 from proxy.app import create_app
 from proxy.config import ProxyConfig, parse_config
-from tests.secrets import secret
+from tests.secretwatch import secret
 from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]

@@ -21,7 +21,7 @@ import pytest
 
 from proxy.routing import bucket_of, threshold
 from tests.integration.proxy_process import PROJECT_ROOT, ProxyProcess
-from tests.secrets import secret
+from tests.secretwatch import secret
 from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reset_simulators")]

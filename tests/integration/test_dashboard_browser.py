@@ -28,7 +28,7 @@ from proxy.app import create_app
 from proxy.config import ADMIN_TOKEN_ENV, parse_config
 from sim.app import create_simulator_app
 from tests.conftest import PROJECT_ROOT
-from tests.secrets import secret
+from tests.secretwatch import secret
 from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]

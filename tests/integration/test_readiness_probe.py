@@ -24,7 +24,7 @@ from proxy.cli.client import DEFAULT_TIMEOUT_S, AdminClient
 from proxy.cli.cutover import probe_wait, run_admin_command
 from proxy.cli.main import build_parser
 from proxy.config import parse_config
-from tests.secrets import secret
+from tests.secretwatch import secret
 from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reset_simulators")]

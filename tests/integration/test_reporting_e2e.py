@@ -30,7 +30,7 @@ from proxy.cli.report import MODEL_COLUMNS, run_report
 from proxy.config import ADMIN_TOKEN_ENV, parse_config
 from sim.app import create_simulator_app
 from tests.integration.proxy_process import ProxyProcess, free_port
-from tests.secrets import secret
+from tests.secretwatch import secret
 from tests.servers import LiveServer
 
 pytestmark = pytest.mark.integration

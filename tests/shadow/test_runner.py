@@ -29,7 +29,7 @@ from proxy.models import Backend, ModelRef, Reply
 from proxy.shadow.job import ShadowJob
 from proxy.shadow.mirror import decoded_body
 from proxy.shadow.runner import Shadow
-from tests.secrets import secret
+from tests.secretwatch import secret
 from tests.servers import LiveServer
 
 pytestmark = [

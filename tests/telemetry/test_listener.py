@@ -14,7 +14,7 @@ from proxy.config import parse_config
 from proxy.config.backends import Listen
 from proxy.telemetry.listener import MetricsListener
 from tests.integration.proxy_process import free_port
-from tests.secrets import secret
+from tests.secretwatch import secret
 from tests.servers import LiveServer
 
 TOKEN = secret("m" * 40)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from tests.secrets import SecretWatch, found_in, secret
+from tests.secretwatch import SecretWatch, found_in, secret
 
 PLANTED = secret("planted-secret-for-the-watch-0001")
 
