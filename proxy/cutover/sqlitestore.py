@@ -36,6 +36,9 @@ MEMORY = ":memory:"
 # Owner read and write only: the state and its audit log are nobody else's business.
 STATE_FILE_MODE = 0o600
 SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+# Opening a file others open at the same moment is tried again this long, this often.
+OPEN_TIMEOUT_S = 5.0
+OPEN_RETRY_S = 0.05
 LOGGER = logging.getLogger("serving_proxy.cutover")
 
 _SCHEMA = """
@@ -154,26 +157,43 @@ class SqliteStore:
         self._windows_ready = False
 
     def _connect(self) -> None:
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        while True:
+            try:
+                self._conn = self._connected()
+                return
+            except sqlite3.OperationalError as exc:
+                # Workers opening one new file at once: switching it to WAL and creating
+                # the schema can meet another's lock in a way SQLite answers at once
+                # (deadlock avoidance) instead of waiting out its busy timeout.
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise StateError(f"state: cannot open SQLite file {self.path}: {exc}") from None
+                time.sleep(OPEN_RETRY_S)
+            except (OSError, sqlite3.Error) as exc:
+                raise StateError(f"state: cannot open SQLite file {self.path}: {exc}") from None
+
+    def _connected(self) -> sqlite3.Connection:
+        if self.path != MEMORY:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
+        conn = sqlite3.connect(
+            self.path, timeout=5.0, isolation_level=None, check_same_thread=False
+        )
         try:
-            if self.path != MEMORY:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                _create_private(self.path)
-            conn = sqlite3.connect(
-                self.path, timeout=5.0, isolation_level=None, check_same_thread=False
-            )
             if self.path != MEMORY:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
             conn.executescript(_FLEET_SCHEMA)
-            if self.path != MEMORY:
-                # SQLite made the -wal and -shm files by now; it copies the database's
-                # mode, but a file left by an older version may still be looser.
-                for suffix in SQLITE_COMPANIONS:
-                    _tighten(self.path + suffix)
-        except (OSError, sqlite3.Error) as exc:
-            raise StateError(f"state: cannot open SQLite file {self.path}: {exc}") from None
-        self._conn = conn
+        except BaseException:
+            conn.close()
+            raise
+        if self.path != MEMORY:
+            # SQLite made the -wal and -shm files by now; it copies the database's
+            # mode, but a file left by an older version may still be looser.
+            for suffix in SQLITE_COMPANIONS:
+                _tighten(self.path + suffix)
+        return conn
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
