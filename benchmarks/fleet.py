@@ -19,29 +19,26 @@ cell is bounded by --seconds. Figures, not assertions: pytest never times.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import statistics
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import Child, child, free_port  # noqa: E402
 from benchmarks.resilience import (  # noqa: E402
-    SERVERLESS_PATH,
     both,
+    cell_arguments,
+    instant_serverless,
     measure_rounds,
     print_medians,
+    served,
 )
-from benchmarks.routing import instant, round_ratios, serverless_request, simulator  # noqa: E402
+from benchmarks.routing import round_ratios  # noqa: E402
 
 ORDER = ("sqlite", "redis", "redis'", "sqlite'")
 
@@ -56,47 +53,33 @@ def redis_server(workdir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def proxy(workdir: Path, serverless: str, state: str) -> Iterator[Child]:
-    port = free_port()
-    doc: dict[str, Any] = {
-        "listen": {"host": "127.0.0.1", "port": port},
+def proxy(workdir: Path, serverless: str, name: str, state: str) -> Iterator[Child]:
+    doc = {
         "backends": {"serverless": {"url": serverless}},
         "models": {"iris": {}},
-        "logging": {"access_log": False, "level": "warning"},
         "reporting": {"slot": "1s"},
-        "server": {"replica_id": f"bench-{port}"},
+        # Distinct, as replicas of one fleet must be (the default, $HOSTNAME, is shared).
+        "server": {"replica_id": "bench-" + name.replace("'", "-again")},
         "state": state,
     }
-    path = workdir / f"proxy-{port}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    serve = [sys.executable, "-m", "proxy", "serve", "--config", str(path)]
-    with child(serve, port, ready="/readyz") as server:
+    with served(workdir, doc) as server:
         yield server
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    args = parser.parse_args()
-    for tool in ("wrk", "redis-server"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is needed (apt-get install {tool})", file=sys.stderr)
-            return 2
-    content_type, v2_body = serverless_request()
+    args = cell_arguments(__doc__, ("wrk", "redis-server"))
+    if args is None:
+        return 2
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        sim = stack.enter_context(simulator("serverless"))
-        backend = stack.enter_context(
-            instant(workdir, sim, SERVERLESS_PATH, content_type, bytes(v2_body))
-        )
+        backend = instant_serverless(stack, workdir)
         redis = stack.enter_context(redis_server(workdir))
         proxies = {
             name: stack.enter_context(
                 proxy(
                     workdir,
                     backend,
+                    name,
                     redis if name.startswith("redis") else str(workdir / f"{name}.sqlite3"),
                 )
             )

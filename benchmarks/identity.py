@@ -20,10 +20,8 @@ assertions: pytest never times.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -32,19 +30,19 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import Child, child, free_port  # noqa: E402
+from benchmarks.harness import Child  # noqa: E402
 from benchmarks.resilience import (  # noqa: E402
-    SERVERLESS_PATH,
     both,
+    cell_arguments,
+    instant_serverless,
     measure_rounds,
     print_medians,
+    served,
 )
-from benchmarks.routing import instant, round_ratios, serverless_request, simulator  # noqa: E402
+from benchmarks.routing import round_ratios  # noqa: E402
 
 # Made up for the run: the instant backend checks nothing, the proxy checks the client's.
 CLIENT_TOKEN = "bench-client-token-0001"
@@ -68,46 +66,26 @@ def config_of(kind: str, workdir: Path) -> dict[str, Any]:
 
 @contextmanager
 def proxy(workdir: Path, serverless: str, kind: str) -> Iterator[Child]:
-    port = free_port()
     sections = config_of(kind, workdir)
     backend: dict[str, Any] = {"url": serverless}
     if "auth" in sections:
         backend["auth"] = sections.pop("auth")
-    doc: dict[str, Any] = {
-        "listen": {"host": "127.0.0.1", "port": port},
-        "backends": {"serverless": backend},
-        "models": {"iris": {}},
-        "logging": {"access_log": False, "level": "warning"},
-        "state": str(workdir / f"state-{port}.sqlite3"),
-        **sections,
-    }
-    path = workdir / f"proxy-{port}.yaml"
-    path.write_text(yaml.safe_dump(doc))
     # Only this proxy's SDK sees a workspace credential, and no profile file of the machine.
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DATABRICKS_",))}
     env |= {"DATABRICKS_TOKEN": WORKSPACE_TOKEN, "DATABRICKS_CONFIG_FILE": str(workdir / "none")}
-    serve = [sys.executable, "-m", "proxy", "serve", "--config", str(path)]
-    with child(serve, port, ready="/readyz", env=env) as server:
+    doc = {"backends": {"serverless": backend}, "models": {"iris": {}}, **sections}
+    with served(workdir, doc, env) as server:
         yield server
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is needed (apt-get install wrk)", file=sys.stderr)
+    args = cell_arguments(__doc__)
+    if args is None:
         return 2
-    content_type, v2_body = serverless_request()
     headers = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        sim = stack.enter_context(simulator("serverless"))
-        backend = stack.enter_context(
-            instant(workdir, sim, SERVERLESS_PATH, content_type, bytes(v2_body))
-        )
+        backend = instant_serverless(stack, workdir)
         proxies = {
             name: stack.enter_context(proxy(workdir, backend, name.rstrip("'"))) for name in ORDER
         }

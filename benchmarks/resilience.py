@@ -61,19 +61,51 @@ CONFIGS: dict[str, dict[str, Any]] = {"on": ON, "off": OFF, "off'": OFF, "on'": 
 
 
 @contextmanager
-def proxy(workdir: Path, serverless: str, model: dict[str, Any]) -> Iterator[Child]:
+def served(
+    workdir: Path, sections: dict[str, Any], env: dict[str, str] | None = None
+) -> Iterator[Child]:
+    """`serving-proxy serve` on a free loopback port with `sections` of config, quiet
+    (no access log) and with a SQLite state file of its own unless `sections` says."""
     port = free_port()
     doc: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": port},
-        "backends": {"serverless": {"url": serverless}},
-        "models": {"iris": model},
         "logging": {"access_log": False, "level": "warning"},
         "state": str(workdir / f"state-{port}.sqlite3"),
+        **sections,
     }
     path = workdir / f"proxy-{port}.yaml"
     path.write_text(yaml.safe_dump(doc))
     serve = [sys.executable, "-m", "proxy", "serve", "--config", str(path)]
-    with child(serve, port, ready="/readyz") as server:
+    with child(serve, port, ready="/readyz", env=env) as server:
+        yield server
+
+
+def cell_arguments(doc: str, tools: tuple[str, ...] = ("wrk",)) -> argparse.Namespace | None:
+    """The rounds' command line (--seconds, --rounds, --concurrency); None, said on
+    stderr, when a tool the run needs is missing."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    args = parser.parse_args()
+    for tool in tools:
+        if shutil.which(tool) is None:
+            print(f"{tool} is needed (apt-get install {tool})", file=sys.stderr)
+            return None
+    return args
+
+
+def instant_serverless(stack: ExitStack, workdir: Path) -> str:
+    """The URL of an instant backend answering what the serverless simulator answers."""
+    content_type, v2_body = serverless_request()
+    sim = stack.enter_context(simulator("serverless"))
+    return stack.enter_context(instant(workdir, sim, SERVERLESS_PATH, content_type, bytes(v2_body)))
+
+
+@contextmanager
+def proxy(workdir: Path, serverless: str, model: dict[str, Any]) -> Iterator[Child]:
+    sections = {"backends": {"serverless": {"url": serverless}}, "models": {"iris": model}}
+    with served(workdir, sections) as server:
         yield server
 
 
@@ -127,21 +159,12 @@ def both(first: list[dict[str, float]], second: list[dict[str, float]]) -> list[
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is needed (apt-get install wrk)", file=sys.stderr)
+    args = cell_arguments(__doc__)
+    if args is None:
         return 2
-    content_type, v2_body = serverless_request()
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        sim = stack.enter_context(simulator("serverless"))
-        backend = stack.enter_context(
-            instant(workdir, sim, SERVERLESS_PATH, content_type, bytes(v2_body))
-        )
+        backend = instant_serverless(stack, workdir)
         proxies = {
             name: stack.enter_context(proxy(workdir, backend, model))
             for name, model in CONFIGS.items()
