@@ -7,8 +7,13 @@
 (401) and every look-up that could not be made into `IdentityUnavailable` (503): an
 unproven client is never let through.
 
-A token never leaves this module: it is hashed on arrival, the caches are keyed by an
-HMAC of it under a secret of this process, and no log line, error or `repr` holds it.
+A token never leaves this module: no log line, error or `repr` holds it. The workspace
+look-ups are cached by an HMAC of the token under a secret of this process. A token the
+tokens file proved is remembered as sent (the `Authorization` value, in this process's
+memory only, where every request carries it anyway), so that a client's next request
+skips the parsing and the hash: the check is on every scoring request. Only proven,
+allowed tokens are remembered (a guess costs a hash and leaves nothing), the set is
+bounded, and it is forgotten whenever the file is read again.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ LOGGER = logging.getLogger("serving_proxy")
 SCIM_ME_PATH = "/api/2.0/preview/scim/v2/Me"
 # A token file is looked at (one stat) at most this often.
 RELOAD_CHECK_S = 1.0
-# Distinct tokens remembered by the databricks look-up; the oldest go first.
+# Distinct tokens remembered by the databricks look-up, and proven values by a tokens
+# file; the oldest go first.
 MAX_CACHED_TOKENS = 10_000
 SECRET_BYTES = 32
 SHA256_HEX_CHARS = 64
@@ -50,16 +56,23 @@ class Identity:
     groups: tuple[str, ...] = ()
 
 
-def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The token of an `Authorization: Bearer …` header, or None (absent, another scheme,
-    empty)."""
+def authorization(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The value of the first `Authorization` header, as sent."""
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").strip().partition(" ")
-            token = token.strip()
-            if scheme.lower() == "bearer" and token:
-                return token
-            return None
+            return value
+    return None
+
+
+def bearer_token(value: bytes | None) -> str | None:
+    """The token of an `Authorization: Bearer …` value, or None (absent, another scheme,
+    empty)."""
+    if value is None:
+        return None
+    scheme, _, token = value.decode("latin-1").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        return token
     return None
 
 
@@ -141,9 +154,15 @@ class TokenFile:
         ConfigError: the file cannot be read or has a bad line.
     """
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: Path,
+        clock: Callable[[], float] = time.monotonic,
+        max_proven: int = MAX_CACHED_TOKENS,
+    ) -> None:
         self.path = path
         self.clock = clock
+        self.max_proven = max_proven
         try:
             self._adopt(*self._read())
         except (OSError, ValueError) as exc:
@@ -159,13 +178,19 @@ class TokenFile:
         self.digests, self.stamp = digests, stamp
         # One Identity per name, made once per reading: nothing is built per request.
         self._identities = {name: Identity(name) for name in digests.values()}
+        # Proven `Authorization` values of this reading (see the module's docstring).
+        self.proven: dict[bytes, Identity] = {}
 
     def current(self) -> dict[bytes, str]:
+        self.check()
+        return self.digests
+
+    def check(self) -> None:
+        """Re-read the file if it changed (looked at once a second at most)."""
         now = self.clock()
         if now - self.checked >= RELOAD_CHECK_S:
             self.checked = now
             self._reload_if_changed()
-        return self.digests
 
     def _reload_if_changed(self) -> None:
         try:
@@ -183,6 +208,12 @@ class TokenFile:
     def identify(self, token: str) -> Identity | None:
         name = match_digest(token, self.current())
         return None if name is None else self._identities[name]
+
+    def remember(self, value: bytes, identity: Identity) -> None:
+        """Remember an `Authorization` value that proved `identity` (and was allowed)."""
+        if len(self.proven) >= self.max_proven:
+            del self.proven[next(iter(self.proven))]  # the oldest
+        self.proven[value] = identity
 
     def __repr__(self) -> str:
         return f"TokenFile({str(self.path)!r}, tokens={len(self.digests)})"
@@ -303,6 +334,7 @@ class ClientAuth:
     ) -> None:
         assert (tokens is None) != (databricks is None)
         self.allow = allow
+        self.anyone = allow.anyone
         self.tokens = tokens
         self.databricks = databricks
 
@@ -316,18 +348,27 @@ class ClientAuth:
                 `allow` does not list; one log line says which, never the token.
             IdentityUnavailable: the workspace could not be asked.
         """
-        token = bearer_token(headers)
+        value = authorization(headers)
+        tokens = self.tokens
+        if tokens is not None and value is not None:
+            tokens.check()
+            identity = tokens.proven.get(value)
+            if identity is not None:
+                return identity
+        token = bearer_token(value)
         if token is None:
             _refuse("no bearer token", request_id)
-        if self.tokens is not None:
-            identity = self.tokens.identify(token)
+        if tokens is not None:
+            identity = tokens.identify(token)
         else:
             assert self.databricks is not None
             identity = await self.databricks.identify(token)
         if identity is None:
             _refuse("unknown token", request_id)
-        if not allowed(identity, self.allow):
+        if not self.anyone and not allowed(identity, self.allow):
             _refuse(f"{identity.name} is not in client_auth.allow", request_id)
+        if tokens is not None and value is not None:
+            tokens.remember(value, identity)
         return identity
 
     async def aclose(self) -> None:

@@ -24,10 +24,12 @@ from starlette.routing import Route
 
 from proxy.app import create_app
 from proxy.clientauth import (
+    ClientAuth,
     DatabricksIdentity,
     Identity,
     TokenFile,
     allowed,
+    authorization,
     bearer_token,
     identity_of_me,
     match_digest,
@@ -36,7 +38,7 @@ from proxy.clientauth import (
 from proxy.config import ADMIN_TOKEN_ENV, ConfigError, load_config, parse_config
 from proxy.config.cutover import ClientKeyConfig
 from proxy.config.identity import AllowConfig
-from proxy.errors import IdentityUnavailable
+from proxy.errors import ClientUnauthorized, IdentityUnavailable
 from proxy.routing import ClientKey, bucket_of, client_key, report_label
 from tests.secretwatch import assert_no_known_secret, secret
 from tests.servers import LiveServer
@@ -84,11 +86,15 @@ def score(url: str, token: str | None) -> httpx.Response:
 
 
 def test_bearer_token_reads_only_a_bearer_authorization() -> None:
-    assert bearer_token([(b"authorization", b"Bearer abc")]) == "abc"
-    assert bearer_token([(b"authorization", b"bearer  abc ")]) == "abc"
-    assert bearer_token([(b"authorization", b"Basic abc")]) is None
-    assert bearer_token([(b"authorization", b"Bearer ")]) is None
-    assert bearer_token([(b"x-other", b"Bearer abc")]) is None
+    assert bearer_token(b"Bearer abc") == "abc"
+    assert bearer_token(b"bearer  abc ") == "abc"
+    assert bearer_token(b"Basic abc") is None
+    assert bearer_token(b"Bearer ") is None
+    assert bearer_token(None) is None
+    assert authorization([(b"x-other", b"Bearer abc")]) is None
+    assert authorization([(b"authorization", b"Bearer a"), (b"authorization", b"b")]) == (
+        b"Bearer a"
+    )
 
 
 def test_a_tokens_file_maps_digests_to_names_and_names_a_bad_line_without_its_text() -> None:
@@ -293,6 +299,49 @@ def test_the_tokens_file_is_reloaded_on_change_and_a_bad_reload_keeps_the_last_g
     assert "not reloaded" in caplog.text
     assert "line 2" in caplog.text
     assert_no_known_secret(caplog.text + repr(tokens))
+
+
+def bearer(token: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {token}".encode())]
+
+
+@pytest.mark.anyio
+async def test_a_proven_token_is_remembered_until_the_file_is_read_again(tmp_path: Path) -> None:
+    now = [0.0]
+    path = tmp_path / "tokens"
+    path.write_text(f"svc-a:{sha(GOOD)}\n")
+    tokens = TokenFile(path, clock=lambda: now[0])
+    auth = ClientAuth(AllowConfig(), tokens=tokens)
+    assert await auth.authenticate(bearer(GOOD), "r1") == Identity("svc-a")
+    assert await auth.authenticate(bearer(GOOD), "r2") == Identity("svc-a")
+    with pytest.raises(ClientUnauthorized):
+        await auth.authenticate(bearer(WRONG), "r3")
+    assert list(tokens.proven.values()) == [Identity("svc-a")]  # a guess leaves nothing
+    # The file drops the token: the next reading forgets what it had proven.
+    path.write_text(f"svc-b:{sha(OTHER)}\n")
+    now[0] = 1.0
+    with pytest.raises(ClientUnauthorized):
+        await auth.authenticate(bearer(GOOD), "r4")
+    assert await auth.authenticate(bearer(OTHER), "r5") == Identity("svc-b")
+    assert_no_known_secret(repr(tokens) + repr(auth))
+
+
+@pytest.mark.anyio
+async def test_only_allowed_tokens_are_remembered_and_the_set_is_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    names = [f"svc-{i}" for i in range(4)]
+    path.write_text("".join(f"{name}:{sha(name + '-token')}\n" for name in names))
+    tokens = TokenFile(path, max_proven=2)
+    auth = ClientAuth(AllowConfig(users=tuple(names[1:])), tokens=tokens)
+    for _ in range(2):
+        with pytest.raises(ClientUnauthorized):
+            await auth.authenticate(bearer("svc-0-token"), "r")
+    assert tokens.proven == {}
+    for name in names[1:]:
+        assert await auth.authenticate(bearer(name + "-token"), "r") == Identity(name)
+    assert sorted(identity.name for identity in tokens.proven.values()) == ["svc-2", "svc-3"]
+    # The one let go is proven again by its digest.
+    assert await auth.authenticate(bearer("svc-1-token"), "r") == Identity("svc-1")
 
 
 def served_backend(
