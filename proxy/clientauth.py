@@ -12,8 +12,8 @@ look-ups are cached by an HMAC of the token under a secret of this process. A to
 tokens file proved is remembered as sent (the `Authorization` value, in this process's
 memory only, where every request carries it anyway), so that a client's next request
 skips the parsing and the hash: the check is on every scoring request. Only proven,
-allowed tokens are remembered (a guess costs a hash and leaves nothing), the set is
-bounded, and it is forgotten whenever the file is read again.
+allowed tokens are remembered (a guess costs a hash and leaves nothing), each in one
+spelling only, the set is bounded, and it is forgotten whenever the file is read again.
 """
 
 from __future__ import annotations
@@ -367,7 +367,9 @@ class ClientAuth:
             _refuse("unknown token", request_id)
         if not self.anyone and not allowed(identity, self.allow):
             _refuse(f"{identity.name} is not in client_auth.allow", request_id)
-        if tokens is not None and value is not None:
+        if tokens is not None and value == b"Bearer " + token.encode("latin-1"):
+            # Only the usual spelling: padded or re-cased variants of one token would each
+            # take an entry, and a client could fill memory with them.
             tokens.remember(value, identity)
         return identity
 

@@ -317,6 +317,11 @@ async def test_a_proven_token_is_remembered_until_the_file_is_read_again(tmp_pat
     with pytest.raises(ClientUnauthorized):
         await auth.authenticate(bearer(WRONG), "r3")
     assert list(tokens.proven.values()) == [Identity("svc-a")]  # a guess leaves nothing
+    # Another spelling of the same token is proven, but not remembered: one entry a token.
+    for spelling in (f"bearer {GOOD}", f"Bearer  {GOOD} ", f"Bearer {GOOD}\t"):
+        headers = [(b"authorization", spelling.encode())]
+        assert await auth.authenticate(headers, "r") == Identity("svc-a")
+    assert len(tokens.proven) == 1
     # The file drops the token: the next reading forgets what it had proven.
     path.write_text(f"svc-b:{sha(OTHER)}\n")
     now[0] = 1.0
