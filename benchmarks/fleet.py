@@ -1,7 +1,7 @@
 """What being one replica of a fleet costs a healthy call: window slots published to the
 store, the rollout leader's lease, heartbeats and pushed changes, in one run.
 
-    python benchmarks/fleet.py [--seconds 3] [--rounds 5] [--concurrency 1 16]
+    python benchmarks/fleet.py [--seconds 3] [--rounds 5] [--concurrency 1 16] [--pin]
 
 Four proxies (the real CLI, `serving-proxy serve`) translate the same legacy request to
 one instant serverless backend (`benchmarks/instant.py`), with `reporting.slot: 1s` in

@@ -24,6 +24,24 @@ class Child(NamedTuple):
     pid: int
 
 
+def leave_first_cpu() -> set[int] | None:
+    """Move this process (and so the load generator and backends it starts from now on)
+    off its first CPU, and return that CPU for the measured proxies (`pin`); None on a
+    machine of one CPU. On a small machine the scheduler moving a proxy, wrk and the
+    backend between the same two cores is most of the noise between rounds."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    os.sched_setaffinity(0, cpus[1:])
+    return {cpus[0]}
+
+
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Keep the processes `pids` on `cpus`."""
+    for pid in pids:
+        os.sched_setaffinity(pid, cpus)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

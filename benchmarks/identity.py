@@ -1,6 +1,6 @@
 """What proving clients and the Databricks SDK's token cost a healthy call, in one run.
 
-    python benchmarks/identity.py [--seconds 3] [--rounds 5] [--concurrency 1 16]
+    python benchmarks/identity.py [--seconds 3] [--rounds 5] [--concurrency 1 16] [--pin]
 
 Proxies (the real CLI, `serving-proxy serve`) translate the same legacy request to one
 instant serverless backend (`benchmarks/instant.py`):

@@ -1,7 +1,7 @@
 """What retries, the cold-start hold and the per-model queue cost a healthy endpoint,
 measured in one run on loopback.
 
-    python benchmarks/resilience.py [--seconds 3] [--rounds 5] [--concurrency 1 16]
+    python benchmarks/resilience.py [--seconds 3] [--rounds 5] [--concurrency 1 16] [--pin]
 
 Four proxies (the real CLI, `serving-proxy serve`) translate the same legacy request to
 one instant serverless backend (`benchmarks/instant.py`, answering what the serverless
@@ -36,7 +36,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import Child, CpuMeter, child, free_port, load_wrk  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    Child,
+    CpuMeter,
+    child,
+    free_port,
+    leave_first_cpu,
+    load_wrk,
+    pin,
+)
 from benchmarks.routing import (  # noqa: E402
     BODY,
     CONTENT_TYPE,
@@ -81,17 +89,26 @@ def served(
 
 
 def cell_arguments(doc: str, tools: tuple[str, ...] = ("wrk",)) -> argparse.Namespace | None:
-    """The rounds' command line (--seconds, --rounds, --concurrency); None, said on
-    stderr, when a tool the run needs is missing."""
+    """The rounds' command line (--seconds, --rounds, --concurrency, --pin); None, said on
+    stderr, when a tool the run needs is missing. With --pin, this process leaves its
+    first CPU at once, so that `measure_rounds` can give it to the proxies alone."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the proxies on one CPU, wrk and the backends on the others (steadier figures)",
+    )
     args = parser.parse_args()
     for tool in tools:
         if shutil.which(tool) is None:
             print(f"{tool} is needed (apt-get install {tool})", file=sys.stderr)
             return None
+    args.proxy_cpus = leave_first_cpu() if args.pin else None
+    if args.pin and args.proxy_cpus is None:
+        print("--pin: one CPU only, nothing pinned", file=sys.stderr)
     return args
 
 
@@ -119,6 +136,8 @@ def measure_rounds(
     """`args.rounds` rounds of wrk against every proxy back to back, the order rotating
     each round; per proxy, its cell of each round."""
     names = list(proxies)
+    if args.proxy_cpus is not None:
+        pin([server.pid for server in proxies.values()], args.proxy_cpus)
     cells: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for round_ in range(args.rounds):
         shift = round_ % len(names)
