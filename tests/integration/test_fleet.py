@@ -13,6 +13,7 @@ the stale flag) are run when the replicas offer it and otherwise say so in the o
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -53,7 +54,9 @@ SLOT_S = 1.0
 LEADER_TTL_S = 3.0
 RATE = 40
 DEADLINE_S = 60.0
-PROPAGATION_CHANGES = 50
+# A p99 of 50 samples is their maximum, so one stall of a shared machine anywhere in the
+# 50 would decide it; of 100, it is the second largest.
+PROPAGATION_CHANGES = 100
 
 MODELS: dict[str, Any] = {
     "iris": {
@@ -277,44 +280,56 @@ def test_a_change_through_one_replica_is_in_force_on_the_others(fleet: Fleet) ->
     # Changes at random moments: made right after the previous one was seen, each would
     # land at the same phase of the replicas' polling and measure only that phase.
     pauses = random.Random(15)
-    # One client per watched replica, made before the clock runs: making an httpx.Client
-    # loads the CA bundle, tens of milliseconds that would be counted as propagation.
-    with contextlib.ExitStack() as clients:
-        client, own_b, own_c = (
-            clients.enter_context(httpx.Client(headers=AUTH, timeout=10, trust_env=False))
-            for _ in range(3)
-        )
-        own = {b.replica_id: own_b, c.replica_id: own_c}
-        for i in range(PROPAGATION_CHANGES):
-            percent = 1 + i % 40  # differs from the previous value every time
-            seen: dict[str, float] = {}
-            time.sleep(pauses.uniform(0, 0.3))
-
-            def watch(
-                replica: Replica, percent: float = percent, seen: dict[str, float] = seen
-            ) -> None:
-                while _view(replica, own[replica.replica_id])["serverless_percent"] != percent:
-                    time.sleep(0.001)
-                seen[replica.replica_id] = time.perf_counter()
-
-            reply = client.put(
-                a.url + "/admin/models/iris",
-                json={"serverless_percent": percent, "reason": f"propagation {i}"},
+    # What the watching costs must not be counted as propagation: one client per watched
+    # replica made before the clock runs (making an httpx.Client loads the CA bundle),
+    # watchers started before the change, and no collection of this process's garbage
+    # meanwhile (a full collection of a long pytest session's heap is a pause of its own).
+    gc.collect()
+    gc.disable()
+    try:
+        with contextlib.ExitStack() as clients:
+            client, own_b, own_c = (
+                clients.enter_context(httpx.Client(headers=AUTH, timeout=10, trust_env=False))
+                for _ in range(3)
             )
-            answered = time.perf_counter()
-            assert reply.status_code == 200, reply.text
-            watchers = [threading.Thread(target=watch, args=(r,)) for r in (b, c)]
-            for w in watchers:
-                w.start()
-            for w in watchers:
-                w.join(10)
-            assert set(seen) == {b.replica_id, c.replica_id}, f"change {i} not seen everywhere"
-            lags.append(max(seen.values()) - answered)
+            own = {b.replica_id: own_b, c.replica_id: own_c}
+            for i in range(PROPAGATION_CHANGES):
+                percent = 1 + i % 40  # differs from the previous value every time
+                seen: dict[str, float] = {}
+                time.sleep(pauses.uniform(0, 0.3))
+
+                def watch(
+                    replica: Replica, percent: float = percent, seen: dict[str, float] = seen
+                ) -> None:
+                    view = own[replica.replica_id]
+                    deadline = time.perf_counter() + 10
+                    while time.perf_counter() < deadline:
+                        if _view(replica, view)["serverless_percent"] == percent:
+                            seen[replica.replica_id] = time.perf_counter()
+                            return
+                        time.sleep(0.001)
+
+                watchers = [threading.Thread(target=watch, args=(r,)) for r in (b, c)]
+                for w in watchers:
+                    w.start()
+                reply = client.put(
+                    a.url + "/admin/models/iris",
+                    json={"serverless_percent": percent, "reason": f"propagation {i}"},
+                )
+                answered = time.perf_counter()
+                assert reply.status_code == 200, reply.text
+                for w in watchers:
+                    w.join(11)
+                assert set(seen) == {b.replica_id, c.replica_id}, f"change {i} not seen everywhere"
+                # Seen before A answered (A reads its window after the write) counts as 0.
+                lags.append(max(0.0, max(seen.values()) - answered))
+    finally:
+        gc.enable()
     ms = sorted(lag * 1000 for lag in lags)
     p50, p99 = statistics.median(ms), ms[min(len(ms) - 1, round(0.99 * len(ms)) - 1)]
     print(
         f"\npropagation over {len(ms)} changes: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
-        f"max {ms[-1]:.1f} ms"
+        f"max {ms[-1]:.1f} ms; the slowest five {[round(m, 1) for m in ms[-5:]]}"
     )
     if _pubsub_subscribers(fleet) >= len(REPLICA_NAMES):
         assert p99 < 100, f"pushed changes: p99 {p99:.1f} ms over {len(ms)} changes"
