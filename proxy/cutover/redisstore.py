@@ -263,10 +263,7 @@ class RedisStore:
                 args=[*self._cas_args(expected, data, audit), lease.encode()],
             )
         if done == -1:
-            raise FencingError(
-                f"state: {self.description}: fencing token {lease.fencing_token} no longer "
-                "holds the rollout lease"
-            )
+            raise FencingError(self.description, lease)
         return bool(done)
 
     def changes(self) -> AsyncGenerator[int, None] | None:

@@ -320,10 +320,7 @@ class SqliteStore:
     ) -> bool:
         def fenced(conn: sqlite3.Connection) -> bool:
             if _held(conn, time.time()) != lease.encode():
-                raise FencingError(
-                    f"state: {self.description}: fencing token {lease.fencing_token} "
-                    "no longer holds the rollout lease"
-                )
+                raise FencingError(self.description, lease)
             return _cas(model, expected, data, audit, conn)
 
         return await self._run(partial(_in_transaction, fenced))

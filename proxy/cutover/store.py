@@ -34,6 +34,11 @@ class FencingError(StateError):
     """A write carried a fencing token that is no longer the rollout leader's: refused by
     the store, so a paused or partitioned former leader can never write a step."""
 
+    def __init__(self, store: str, lease: Lease) -> None:
+        super().__init__(
+            f"state: {store}: fencing token {lease.fencing_token} no longer holds the rollout lease"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:
