@@ -334,7 +334,6 @@ class ClientAuth:
     ) -> None:
         assert (tokens is None) != (databricks is None)
         self.allow = allow
-        self.anyone = allow.anyone
         self.tokens = tokens
         self.databricks = databricks
 
@@ -365,7 +364,7 @@ class ClientAuth:
             identity = await self.databricks.identify(token)
         if identity is None:
             _refuse("unknown token", request_id)
-        if not self.anyone and not allowed(identity, self.allow):
+        if not allowed(identity, self.allow):
             _refuse(f"{identity.name} is not in client_auth.allow", request_id)
         if tokens is not None and value == b"Bearer " + token.encode("latin-1"):
             # Only the usual spelling: padded or re-cased variants of one token would each
