@@ -39,6 +39,7 @@ from proxy.config.backends import TokenAuth
 from proxy.telemetry.listener import METRICS_PATH
 from tests.integration.proxy_process import ProxyProcess, free_port
 from tests.test_dockerfile import DOCKERFILE, Instruction, one, parse, stages
+from tests.venvs import stamped_venv
 
 pytestmark = pytest.mark.kubernetes
 
@@ -498,43 +499,15 @@ def test_the_configmap_boots_and_answers_the_probes(
 # --- checkov and the API schemas ----------------------------------------------------------
 
 
-def run_checked(argv: list[str], what: str, timeout: float) -> None:
-    try:
-        result = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{what}: no result after {timeout:.0f} s")
-    if result.returncode != 0:
-        output = (result.stdout + result.stderr)[-4000:]
-        pytest.fail(f"{what} failed ({result.returncode}):\n{output}")
-
-
 @pytest.fixture(scope="session")
 def checkers() -> Path:
     """`.venv-checkov` with CHECKERS; installed once, then reused by its stamp. Its bin/."""
-    python = CHECKERS_VENV / "bin" / "python"
-    stamp = CHECKERS_VENV / ".serving-proxy-requirements"
-    want = "\n".join(CHECKERS) + "\n"
-    if python.exists() and stamp.exists() and stamp.read_text(encoding="utf-8") == want:
-        return python.parent
-    if not python.exists():
-        run_checked(
-            [sys.executable, "-m", "venv", str(CHECKERS_VENV)], "creating .venv-checkov", 120
-        )
-    run_checked(
-        [str(python), "-m", "pip", "install", "--quiet", *CHECKERS],
-        "installing checkov and kubernetes-validate into .venv-checkov",
+    return stamped_venv(
+        CHECKERS_VENV,
+        CHECKERS,
+        "checkov and kubernetes-validate",
         CHECKERS_INSTALL_TIMEOUT_S,
     )
-    stamp.write_text(want, encoding="utf-8")
-    return python.parent
 
 
 def checkov(checkers: Path, directory: Path, *frameworks: str) -> dict[str, dict[str, Any]]:

@@ -27,7 +27,6 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -36,12 +35,14 @@ import yaml
 from proxy import jsoncodec
 from sim.corpus import Case, load_cases
 from sim.equality import assert_legacy_equivalent
+from tests.venvs import run_checked, stamped_venv
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 CORPUS = SHARED / "corpus"
 MLFLOW_VENV = ROOT / ".venv-mlflow"
 SKIP_ENV = "SERVING_PROXY_SKIP_MLFLOW"
+SKIP_HINT = f"(set {SKIP_ENV}=1 to skip this suite on a machine without MLflow)"
 
 # 3.18.0 needs an mlflow-skinny==3.18.0 the package index does not serve; 3.17.2 is the newest
 # 3.x that installs and the one the corpus's v3 side was recorded with, as are these versions.
@@ -206,47 +207,19 @@ def wait_ready(service: Service, path: str, deadline: float) -> None:
             time.sleep(0.25)
 
 
-def run_checked(argv: list[str], what: str, timeout: float, **kwargs: Any) -> None:
-    try:
-        result = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            **kwargs,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{what}: no result after {timeout:.0f} s: {argv}")
-    if result.returncode != 0:
-        pytest.fail(
-            f"{what} failed ({result.returncode}): {argv}\n"
-            f"{(result.stdout + result.stderr)[-4000:]}\n"
-            f"(set {SKIP_ENV}=1 to skip this suite on a machine without MLflow)"
-        )
-
-
 # --- fixtures ---------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def mlflow_venv() -> Path:
     """`.venv-mlflow` with MLFLOW_REQUIREMENTS; installed once, then reused by its stamp."""
-    python = MLFLOW_VENV / "bin" / "python"
-    stamp = MLFLOW_VENV / ".serving-proxy-requirements"
-    want = "\n".join(MLFLOW_REQUIREMENTS) + "\n"
-    if python.exists() and stamp.exists() and stamp.read_text(encoding="utf-8") == want:
-        return MLFLOW_VENV
-    if not python.exists():
-        run_checked([sys.executable, "-m", "venv", str(MLFLOW_VENV)], "creating .venv-mlflow", 120)
-    run_checked(
-        [str(python), "-m", "pip", "install", "--quiet", *MLFLOW_REQUIREMENTS],
-        "installing MLflow into .venv-mlflow",
+    stamped_venv(
+        MLFLOW_VENV,
+        MLFLOW_REQUIREMENTS,
+        "MLflow",
         VENV_INSTALL_TIMEOUT_S,
-        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        hint=SKIP_HINT,
     )
-    stamp.write_text(want, encoding="utf-8")
     return MLFLOW_VENV
 
 
@@ -277,6 +250,7 @@ def corpus_models(
         [str(mlflow_venv / "bin" / "python"), str(CORPUS / "models.py"), str(out)],
         "building the corpus models",
         BUILD_MODELS_TIMEOUT_S,
+        SKIP_HINT,
         cwd=work,
         env=mlflow_env,
     )
