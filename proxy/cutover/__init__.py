@@ -29,7 +29,7 @@ from proxy.cutover.commands import ChangeError, Commands
 from proxy.cutover.controller import Controller
 from proxy.cutover.lease import Leadership
 from proxy.cutover.presence import Presence
-from proxy.cutover.probe import Probe
+from proxy.cutover.probe import Probe, iso_time
 from proxy.cutover.redisstore import RedisStore
 from proxy.cutover.shared import SharedWindows, default_publisher_id
 from proxy.cutover.sqlitestore import MEMORY, SqliteStore
@@ -173,7 +173,7 @@ class Cutover:
                         "%s: the %s applied here at %s while the state store was out is stored now",
                         name,
                         done.action,
-                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(done.at)),
+                        iso_time(done.at),
                     )
             except (StateError, ChangeError):
                 pass  # still pending; the next poll tries again
