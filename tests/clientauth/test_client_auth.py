@@ -23,18 +23,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from proxy.app import create_app
-from proxy.clientauth import (
-    ClientAuth,
-    DatabricksIdentity,
-    Identity,
-    TokenFile,
-    allowed,
-    authorization,
-    bearer_token,
-    identity_of_me,
-    match_digest,
-    parse_tokens,
-)
+from proxy.clientauth import ClientAuth, Identity
+from proxy.clientauth.tokenfile import TokenFile
+from proxy.clientauth.workspace import DatabricksIdentity
 from proxy.config import ADMIN_TOKEN_ENV, ConfigError, load_config, parse_config
 from proxy.config.cutover import ClientKeyConfig
 from proxy.config.identity import AllowConfig
@@ -80,53 +71,6 @@ def score(url: str, token: str | None) -> httpx.Response:
     if token is not None:
         headers["authorization"] = f"Bearer {token}"
     return httpx.post(url + "/model/iris/1/invocations", content=BODY, headers=headers, timeout=10)
-
-
-# -- pure rules ---------------------------------------------------------------------------
-
-
-def test_bearer_token_reads_only_a_bearer_authorization() -> None:
-    assert bearer_token(b"Bearer abc") == "abc"
-    assert bearer_token(b"bearer  abc ") == "abc"
-    assert bearer_token(b"Basic abc") is None
-    assert bearer_token(b"Bearer ") is None
-    assert bearer_token(None) is None
-    assert authorization([(b"x-other", b"Bearer abc")]) is None
-    assert authorization([(b"authorization", b"Bearer a"), (b"authorization", b"b")]) == (
-        b"Bearer a"
-    )
-
-
-def test_a_tokens_file_maps_digests_to_names_and_names_a_bad_line_without_its_text() -> None:
-    digests = parse_tokens(f"# clients\n\nsvc-a:{sha(GOOD)}\nsvc-b : {sha(OTHER).upper()}\n", "f")
-    assert match_digest(GOOD, digests) == "svc-a"
-    assert match_digest(OTHER, digests) == "svc-b"
-    assert match_digest(WRONG, digests) is None
-    with pytest.raises(ValueError, match="f line 2: the digest") as info:
-        parse_tokens(f"svc-a:{sha(GOOD)}\nsvc-b:{WRONG}\n", "f")
-    assert WRONG not in str(info.value)
-    with pytest.raises(ValueError, match="line 1: expected name:sha256hex"):
-        parse_tokens(f"{sha(GOOD)}\n", "f")
-    with pytest.raises(ValueError, match="line 2: the digest is listed twice"):
-        parse_tokens(f"a:{sha(GOOD)}\nb:{sha(GOOD)}\n", "f")
-
-
-def test_scim_me_names_a_user_or_a_service_principal_with_its_groups() -> None:
-    user = {"userName": "ana@example.com", "groups": [{"display": "scorers", "value": "17"}]}
-    assert identity_of_me(user) == Identity("ana@example.com", ("scorers", "17"))
-    principal = {"applicationId": "6f1c-app", "displayName": "etl-principal"}
-    assert identity_of_me(principal) == Identity("6f1c-app")
-    assert identity_of_me({"displayName": "etl-principal"}) == Identity("etl-principal")
-    assert identity_of_me({"groups": []}) is None
-    assert identity_of_me([]) is None
-
-
-def test_allow_lets_in_listed_users_or_members_of_listed_groups() -> None:
-    ana = Identity("ana", ("scorers",))
-    assert allowed(ana, AllowConfig())
-    assert allowed(ana, AllowConfig(users=("ana",)))
-    assert allowed(ana, AllowConfig(groups=("scorers",)))
-    assert not allowed(ana, AllowConfig(users=("bob",), groups=("admins",)))
 
 
 # -- start-up -----------------------------------------------------------------------------
