@@ -22,11 +22,13 @@ DEFAULT_TIMEOUT_S = 10.0
 
 
 class CliError(Exception):
-    """A failure to report in one line; `code` is the exit status."""
+    """A failure to report in one line; `code` is the exit status, `status` the proxy's
+    HTTP status when it answered with an error (else None)."""
 
-    def __init__(self, message: str, code: int = 1) -> None:
+    def __init__(self, message: str, code: int = 1, status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status
 
 
 class AdminClient:
@@ -81,5 +83,5 @@ class AdminClient:
             raise CliError(f"{target} did not answer JSON (HTTP {status})") from None
         if status >= 400:
             message = data.get("message") if isinstance(data, dict) else None
-            raise CliError(f"{target} answered {status}: {message or data}")
+            raise CliError(f"{target} answered {status}: {message or data}", status=status)
         return data

@@ -6,6 +6,7 @@
     serving-proxy pause|resume MODEL [--reason TEXT]
     serving-proxy rollback MODEL [--to zero|last_good] [--reason TEXT]
     serving-proxy history MODEL [--limit N]
+    serving-proxy replicas [--json]
 
 The proxy is `--url` (default `$SERVING_PROXY_URL`, else http://127.0.0.1:8080); the token
 is `$SERVING_PROXY_ADMIN_TOKEN`, never a flag, so it stays out of shell history and `ps`.
@@ -98,6 +99,11 @@ def add_admin_commands(sub: Any) -> None:
     common(history)
     history.set_defaults(admin="history")
 
+    replicas = sub.add_parser("replicas", help="every replica's record, and who leads the rollout")
+    replicas.add_argument("--json", action="store_true", help="print the admin API's JSON")
+    common(replicas)
+    replicas.set_defaults(admin="replicas")
+
 
 def _call(client: AdminClient, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """The admin API's reply; every cutover command needs the token, so none is sent without."""
@@ -180,10 +186,68 @@ def print_history(data: Mapping[str, Any], out: TextIO) -> None:
         old = entry.get("old") or {}
         new = entry["new"]
         marker = "  <- ROLLBACK" if entry["action"] == "rollback" else ""
+        where = f"  [on {entry['replica']}]" if entry.get("replica") else ""
         print(
             f"{when}  {entry['action']:<8} {entry['actor']:<10} "
             f"{_pct(old.get('serverless_percent'))} -> {_pct(new.get('serverless_percent'))}"
-            f"  {entry['reason']}{marker}",
+            f"  {entry['reason']}{where}{marker}",
+            file=out,
+        )
+
+
+def _leader(client: AdminClient) -> dict[str, Any] | None:
+    """`GET /admin/leader`, or None when the proxy cannot ask its store who leads."""
+    try:
+        leader: dict[str, Any] = _call(client, "GET", "/admin/leader")
+    except CliError as exc:
+        if exc.status != 503:
+            raise
+        return None
+    return leader
+
+
+def _ago(now: float, then: Any) -> str:
+    return "-" if not isinstance(then, int | float) else f"{max(0.0, now - then):.1f} s ago"
+
+
+def print_replicas(
+    data: Mapping[str, Any], leader: Mapping[str, Any] | None, out: TextIO, now: float
+) -> None:
+    """A table: one line per replica (the one that answered marked `*`), then who leads."""
+    rows = [("REPLICA", "HOST", "VERSION", "STATE", "HEARTBEAT", "IN-FLIGHT", "NOTE")]
+    for record in data["replicas"]:
+        notes = [
+            note
+            for note, on in (("leader", record.get("leader")), ("STALE", record.get("stale")))
+            if on
+        ]
+        mark = " *" if record["replica_id"] == data["replica_id"] else ""
+        rows.append(
+            (
+                f"{record['replica_id']}{mark}",
+                str(record.get("host", "-")),
+                str(record.get("version", "-")),
+                str(record.get("state_version", "-")),
+                _ago(now, record.get("last_heartbeat")),
+                str(record.get("in_flight", "-")),
+                ", ".join(notes),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:6], widths, strict=True)]
+        print("  ".join([*cells, row[6]]).rstrip(), file=out)
+    if not data["store_reachable"]:
+        print("state store unreachable: this replica's own record only", file=out)
+    if leader is None:
+        print("leader: unknown (the state store did not answer)", file=out)
+    elif leader.get("replica_id") is None:
+        print("leader: none (no replica holds the rollout lease)", file=out)
+    else:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(leader["since"]))
+        print(
+            f"leader: {leader['replica_id']} since {since} "
+            f"(fencing token {leader['fencing_token']})",
             file=out,
         )
 
@@ -226,6 +290,14 @@ def run_admin_command(
             if args.percent is not None:
                 client = probe_wait(client, args)
             view = _call(client, "PUT", f"/admin/models/{args.model}", body)
+        elif command == "replicas":
+            data = _call(client, "GET", "/admin/replicas")
+            leader = _leader(client)
+            if args.json:
+                print(jsoncodec.dumps({**data, "leader": leader}).decode(), file=stream)
+            else:
+                print_replicas(data, leader, stream, time.time())
+            return 0
         elif command == "history":
             data = _call(client, "GET", f"/admin/models/{args.model}/history?limit={args.limit}")
             print_history(data, stream)

@@ -82,9 +82,9 @@ class Cutover:
         self.on_change: list[ChangeListener] = []
         self.live = LiveTable(config, clock(), rng or random.Random())
         self.sync = StoreSync(self.live, self.store, self._changed, poll_s)
-        self.commands = Commands(self.live, self.store, self.sync, self._changed, clock)
         member = replica or default_publisher_id()
         self.replica_id = member
+        self.commands = Commands(self.live, self.store, self.sync, self._changed, clock, member)
         self.windows = SharedWindows(self.live, self.store, clock, member)
         self.leadership = Leadership(self.store, member, config.cutover.leader_ttl_s)
         self.controller = Controller(

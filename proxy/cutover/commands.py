@@ -123,6 +123,7 @@ class Commands:
         sync: re-reads the store after a lost race.
         changed: told about each change this process applied.
         clock: wall time (epoch seconds) stamped on each change.
+        replica: this replica's id, named in each audit entry it writes.
     """
 
     def __init__(
@@ -132,10 +133,12 @@ class Commands:
         sync: StoreSync,
         changed: ChangeHook,
         clock: Callable[[], float],
+        replica: str,
     ) -> None:
         self.table = table
         self.store = store
         self.clock = clock
+        self.replica = replica
         self._sync = sync
         self._changed = changed
         self._flushing = anyio.Lock()
@@ -186,6 +189,8 @@ class Commands:
                 old=None if revision is None else stored.to_json(),
                 new=new.to_json(),
                 reason=reason,
+                replica=self.replica,
+                fencing_token=None if lease is None else lease.fencing_token,
             )
             if lease is None:
                 written = await self.store.write(name, revision, new.to_json(), entry)

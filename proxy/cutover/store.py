@@ -72,7 +72,9 @@ class Stored:
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """One change: when, who (the admin token's configured name, or `rollout`), what, why."""
+    """One change: when, who (the admin token's configured name, or `rollout`), what, why,
+    and where: the replica that wrote it and, for a rollout leader's step, its lease's
+    fencing token. Entries stored before those two were kept read back with "" and None."""
 
     at: float
     model: str
@@ -81,6 +83,8 @@ class AuditEntry:
     old: dict[str, Any] | None
     new: dict[str, Any]
     reason: str
+    replica: str = ""
+    fencing_token: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,7 +99,13 @@ class AuditEntry:
             old=data.get("old"),
             new=data["new"],
             reason=str(data.get("reason", "")),
+            replica=str(data.get("replica", "")),
+            fencing_token=_optional_int(data.get("fencing_token")),
         )
+
+
+def _optional_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class StateStore(Protocol):

@@ -23,6 +23,8 @@ async def test_a_valid_change_swaps_the_table(make: Factory) -> None:
     assert before["iris"].serverless_percent == 10  # the old snapshot is never edited
     entry = (await cutover.history("iris"))[0]
     assert (entry.actor, entry.action, entry.reason) == ("ops", "set", "set by ops")
+    # Written here, and not a leader's fenced step.
+    assert (entry.replica, entry.fencing_token) == (cutover.replica_id, None)
     assert entry.old is not None
     assert (entry.old["serverless_percent"], entry.new["serverless_percent"]) == (10, 25)
 

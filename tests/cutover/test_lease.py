@@ -164,8 +164,13 @@ async def test_only_the_leader_steps_and_the_step_is_written_once(fleet: Fleet) 
     for r in replicas:
         await r.refresh()
         assert r.weight("iris") == 25
-    actions = [e.action for e in await replicas[2].history("iris")]
-    assert actions.count("advance") == 1
+    history = await replicas[2].history("iris")
+    assert [e.action for e in history].count("advance") == 1
+    # The audit says where the step came from: the leader, under its lease's token.
+    step = next(e for e in history if e.action == "advance")
+    lease = await replicas[2].leader()
+    assert lease is not None
+    assert (step.replica, step.fencing_token) == ("r0", lease.fencing_token)
 
 
 @pytest.mark.redis

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -118,6 +119,18 @@ async def test_audit_is_newest_first_and_filtered(store: StateStore) -> None:
     assert [e.reason for e in await store.audit("iris")] == ["third", "first"]
     assert [e.reason for e in await store.audit(limit=1)] == ["third"]
     assert (await store.audit("iris"))[0] == entry("iris", 3, "third")
+
+
+async def test_audit_keeps_where_a_change_was_made(store: StateStore) -> None:
+    made = dataclasses.replace(entry(), replica="pod-a", fencing_token=7)
+    assert await store.write("iris", None, {"p": 1}, made)
+    assert await store.audit("iris") == [made]
+
+
+def test_an_entry_stored_before_it_named_its_replica_still_reads() -> None:
+    older = {k: v for k, v in entry().to_json().items() if k not in {"replica", "fencing_token"}}
+    assert AuditEntry.from_json(older) == entry()
+    assert AuditEntry.from_json({**older, "fencing_token": "7"}).fencing_token is None
 
 
 async def test_survives_a_restart(factory: StoreFactory) -> None:

@@ -156,6 +156,10 @@ def test_a_whole_migration(serverless: LiveServer, legacy: LiveServer, tmp_path:
             assert model(proxy)["serverless_percent"] == step
         history = cli(proxy, "history", "iris", "--limit", "50")
         assert "ROLLBACK" in history.stdout
+        # Each line says which replica made the change (here, the only one).
+        here = httpx.get(proxy.url + "/admin/replicas", headers=AUTH).json()["replica_id"]
+        rollback = next(line for line in history.stdout.splitlines() if "ROLLBACK" in line)
+        assert f"[on {here}]" in rollback
         answers = drive(proxy, range(5))
         assert {r.content for r in answers} == {b"[3.5, 7.0]"}
 

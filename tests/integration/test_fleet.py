@@ -394,6 +394,17 @@ def test_kill_9_of_the_leader_mid_rollout(fleet: Fleet, tmp_path: Path) -> None:
     summary = load.finish()
     entries = steps_since(survivors[0], since)
     assert step_weights(entries) == STEPS  # no step twice, none skipped
+    # Each step names the leader that took it and its lease's token; a token never goes
+    # back, and the steps after the kill came from a survivor under a newer lease.
+    steps = [e for e in entries if e["action"] == "advance"]
+    tokens = [e["fencing_token"] for e in steps]
+    assert all(isinstance(t, int) for t in tokens), steps
+    assert tokens == sorted(tokens), steps
+    assert {e["replica"] for e in steps} <= set(fleet.replicas), steps
+    after_kill = [e for e in steps if e["at"] > killed_at]
+    assert all(e["replica"] != victim.replica_id for e in after_kill), steps
+    if leader is not None and after_kill:
+        assert after_kill[0]["fencing_token"] > leader["fencing_token"], steps
     # The only failures are requests the killed replica held when it died: nginx handed
     # every later one, refused, to another replica.
     failed = [s for s in served(fleet, load.started) if s.status >= 400]
