@@ -55,7 +55,9 @@ from proxy.runtime import Runtime
 from proxy.shadow.mirror import shadow_call, tolerances_of
 from proxy.shadow.runner import Shadow
 from proxy.shadow.worker import ShadowWorker
+from proxy.tasks import TaskSet
 from proxy.telemetry import accesslog
+from proxy.telemetry.fleetstats import FleetStats
 from proxy.telemetry.hub import Hub
 from proxy.telemetry.listener import MetricsListener
 from proxy.telemetry.metrics import Metrics
@@ -210,6 +212,24 @@ def follow(hub: Hub, runtime: Runtime) -> None:
     runtime.shadow.on_result.append(hub.shadow_result)
 
 
+def share_stats(hub: Hub, runtime: Runtime) -> FleetStats | None:
+    """Share this process's report statistics with the other replicas through the state
+    store, and merge theirs into its report (None: statistics are off)."""
+    stats = hub.stats
+    if stats is None:
+        return None
+    cutover = runtime.cutover
+    sharing = FleetStats(
+        cutover.store,
+        cutover.replica_id,
+        runtime.replica_id,
+        lambda: stats.export(hub.clock()),
+        stats.settings.slot_s,
+    )
+    hub.share_stats(sharing)
+    return sharing
+
+
 def create_app(
     config: ProxyConfig,
     *,
@@ -246,17 +266,24 @@ def create_app(
         listener = None
         if listen is not None and reporting.metrics is not None:
             listener = MetricsListener(app, listen, shared=config.server.workers > 1)
+        sharing = share_stats(reporting, runtime)
+        background = TaskSet()
         try:
             # Load the cutover state (a bad `state:` stops start-up) and follow it.
             await runtime.start()
             # Every replica labels a client alike: the deployment's secret keys the hash.
             await reporting.labels.adopt(runtime.cutover.store)
+            if sharing is not None:
+                background.spawn(sharing.run(), name="report-statistics")
             if listener is not None:
                 await listener.start()
             yield {"runtime": runtime}
         finally:
             if listener is not None:
                 await listener.aclose()
+            await background.aclose()
+            if sharing is not None:
+                await sharing.aclose()
             await runtime.aclose()
             if client_auth is not None:
                 await client_auth.aclose()

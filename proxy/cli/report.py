@@ -195,8 +195,11 @@ def render_table(report: Mapping[str, Any]) -> str:
     lines = [
         f"serving-proxy migration report, {iso(report['now'])}, "
         f"window {report['window_s']:g} s (HDR, {report['significant_figures']} figures)"
+        + (f", {report['replicas']} replicas" if report.get("replicas", 1) > 1 else "")
         + (f", {report['workers']} workers" if report.get("workers", 1) > 1 else ""),
     ]
+    if report.get("replicas_reachable") is False:
+        lines.append("THIS REPLICA ONLY: the state store did not answer, other replicas left out")
     if not report["models"]:
         lines.append("no models have been called yet")
     for name, view in report["models"].items():

@@ -299,33 +299,61 @@ class RedisStore:
                             yield -1
 
     async def heartbeat(self, replica_id: str, record: dict[str, Any], ttl_s: float) -> None:
-        with self._reached():
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.set(self._key("replica", replica_id), encode_document(record), px=_ms(ttl_s))
-                pipe.sadd(self._key("replicas"), replica_id)
-                await pipe.execute()
+        await self._put(_REPLICAS, replica_id, record, ttl_s)
 
     async def leave(self, replica_id: str) -> None:
-        with self._reached():
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.delete(self._key("replica", replica_id))
-                pipe.srem(self._key("replicas"), replica_id)
-                await pipe.execute()
+        await self._drop(_REPLICAS, replica_id)
 
     async def replicas(self) -> list[dict[str, Any]]:
+        return list((await self._live(_REPLICAS)).values())
+
+    async def publish_stats(self, member: str, document: dict[str, Any], ttl_s: float) -> None:
+        await self._put(_STATS, member, document, ttl_s)
+
+    async def drop_stats(self, member: str) -> None:
+        await self._drop(_STATS, member)
+
+    async def fleet_stats(self) -> dict[str, dict[str, Any]]:
+        return await self._live(_STATS)
+
+    # Records that expire, each its own key with a TTL, listed by an index set.
+
+    async def _put(
+        self, kind: tuple[str, str], key: str, record: dict[str, Any], ttl_s: float
+    ) -> None:
+        one, index = kind
         with self._reached():
-            ids = sorted(cast(set[str], await self._client.smembers(self._key("replicas"))))
-            if not ids:
-                return []
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.set(self._key(one, key), encode_document(record), px=_ms(ttl_s))
+                pipe.sadd(self._key(index), key)
+                await pipe.execute()
+
+    async def _drop(self, kind: tuple[str, str], key: str) -> None:
+        one, index = kind
+        with self._reached():
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.delete(self._key(one, key))
+                pipe.srem(self._key(index), key)
+                await pipe.execute()
+
+    async def _live(self, kind: tuple[str, str]) -> dict[str, dict[str, Any]]:
+        one, index = kind
+        with self._reached():
+            keys = sorted(cast(set[str], await self._client.smembers(self._key(index))))
+            if not keys:
+                return {}
             values = cast(
-                list[str | None],
-                await self._client.mget([self._key("replica", i) for i in ids]),
+                list[str | None], await self._client.mget([self._key(one, k) for k in keys])
             )
-            gone = [i for i, value in zip(ids, values, strict=True) if value is None]
+            gone = [k for k, value in zip(keys, values, strict=True) if value is None]
             if gone:
-                # Expired records leave their id in the index: tidy it as we read.
-                await self._client.srem(self._key("replicas"), *gone)
-        return [jsoncodec.loads(value) for value in values if value is not None]
+                # Expired records leave their key in the index: tidy it as we read.
+                await self._client.srem(self._key(index), *gone)
+        return {
+            k: jsoncodec.loads(value)
+            for k, value in zip(keys, values, strict=True)
+            if value is not None
+        }
 
     async def aclose(self) -> None:
         await self._listener.aclose()
@@ -369,6 +397,11 @@ class RedisStore:
             if value is not None
         }
         return [key for key in keys if key in known or key in records], records
+
+
+# (a record's key, the index listing them): the replicas' heartbeats, their statistics.
+_REPLICAS = ("replica", "replicas")
+_STATS = ("stats", "stats-members")
 
 
 def _ms(seconds: float) -> int:

@@ -57,9 +57,37 @@ CREATE TABLE IF NOT EXISTS lease (
     name TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS replicas (
     id TEXT PRIMARY KEY, record TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS stats (
+    id TEXT PRIMARY KEY, record TEXT NOT NULL, expires_at REAL NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('fencing', 0);
 """
 ROLLOUT_LEASE = "rollout"
+# The tables of records that expire (the replicas' heartbeats, their statistics): names
+# from this set only, never from input, go into the statements below.
+_EXPIRING = frozenset({"replicas", "stats"})
+
+
+def _put(
+    table: str, key: str, record: dict[str, Any], ttl_s: float, conn: sqlite3.Connection
+) -> None:
+    assert table in _EXPIRING
+    conn.execute(
+        f"INSERT OR REPLACE INTO {table} (id, record, expires_at) VALUES (?, ?, ?)",
+        (key, encode_document(record), time.time() + ttl_s),
+    )
+
+
+def _drop(table: str, key: str, conn: sqlite3.Connection) -> None:
+    assert table in _EXPIRING
+    conn.execute(f"DELETE FROM {table} WHERE id = ?", (key,))
+
+
+def _live(table: str, conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """The records not yet expired, by key in key order (the expired ones deleted)."""
+    assert table in _EXPIRING
+    conn.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (time.time(),))
+    rows = conn.execute(f"SELECT id, record FROM {table} ORDER BY id").fetchall()
+    return {str(row[0]): jsoncodec.loads(row[1]) for row in rows}
 
 
 def _in_transaction(body: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
@@ -330,27 +358,25 @@ class SqliteStore:
         return None
 
     async def heartbeat(self, replica_id: str, record: dict[str, Any], ttl_s: float) -> None:
-        def put(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO replicas (id, record, expires_at) VALUES (?, ?, ?)",
-                (replica_id, encode_document(record), time.time() + ttl_s),
-            )
-
-        await self._run(partial(_in_transaction, put))
+        await self._run(
+            partial(_in_transaction, partial(_put, "replicas", replica_id, record, ttl_s))
+        )
 
     async def leave(self, replica_id: str) -> None:
-        def drop(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM replicas WHERE id = ?", (replica_id,))
-
-        await self._run(partial(_in_transaction, drop))
+        await self._run(partial(_in_transaction, partial(_drop, "replicas", replica_id)))
 
     async def replicas(self) -> list[dict[str, Any]]:
-        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            conn.execute("DELETE FROM replicas WHERE expires_at <= ?", (time.time(),))
-            rows = conn.execute("SELECT record FROM replicas ORDER BY id").fetchall()
-            return [jsoncodec.loads(row[0]) for row in rows]
+        rows = await self._run(partial(_in_transaction, partial(_live, "replicas")))
+        return list(rows.values())
 
-        return await self._run(partial(_in_transaction, read))
+    async def publish_stats(self, member: str, document: dict[str, Any], ttl_s: float) -> None:
+        await self._run(partial(_in_transaction, partial(_put, "stats", member, document, ttl_s)))
+
+    async def drop_stats(self, member: str) -> None:
+        await self._run(partial(_in_transaction, partial(_drop, "stats", member)))
+
+    async def fleet_stats(self) -> dict[str, dict[str, Any]]:
+        return await self._run(partial(_in_transaction, partial(_live, "stats")))
 
     async def aclose(self) -> None:
         def close() -> None:

@@ -193,6 +193,19 @@ class StateStore(Protocol):
         """Every replica record not yet expired, by replica id."""
         ...
 
+    async def publish_stats(self, member: str, document: dict[str, Any], ttl_s: float) -> None:
+        """Store one process's reporting statistics (its `Stats.export`), forgotten after
+        `ttl_s` unless written again."""
+        ...
+
+    async def drop_stats(self, member: str) -> None:
+        """Forget one process's statistics now (a graceful stop)."""
+        ...
+
+    async def fleet_stats(self) -> dict[str, dict[str, Any]]:
+        """Every process's statistics not yet expired, by its member id."""
+        ...
+
     async def aclose(self) -> None: ...
 
     async def publish_window(

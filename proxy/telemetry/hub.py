@@ -6,7 +6,9 @@ once per app; the access line is written by the app after `Hub.finish`.
 With several uvicorn workers, each worker writes its statistics window to
 `stats_<pid>.json` in the shared multiprocess directory (at most once a second, and only
 after traffic), and a report merges the other workers' files into its own live figures,
-so `/admin/report` and the dashboard cover every worker, as `/metrics` does.
+so `/admin/report` and the dashboard cover every worker, as `/metrics` does. With several
+replicas, the other replicas' windows come from the state store (`fleetstats`) and are
+merged the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from proxy import __version__, jsoncodec
 from proxy.compare import parity_class
 from proxy.config import ProxyConfig
+from proxy.telemetry.fleetstats import FleetStats, replica_of
 from proxy.telemetry.inventory import PASSTHROUGH, ClientInventory, is_legacy_client
 from proxy.telemetry.labels import ClientLabels
 from proxy.telemetry.metrics import (
@@ -83,6 +86,9 @@ class Hub:
     _fleet_refresh: Callable[[], Awaitable[None]] | None = field(
         default=None, init=False, repr=False
     )
+    # The statistics shared with the other replicas, and theirs as last read, by member.
+    _fleet_stats: FleetStats | None = field(default=None, init=False, repr=False)
+    _replica_peers: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def build(
@@ -259,20 +265,29 @@ class Hub:
         return self.metrics.exposition()
 
     def report(self) -> dict[str, Any]:
-        """What `GET /admin/report` answers: this worker's statistics and the other
-        workers' last published ones, merged, JSON-ready."""
+        """What `GET /admin/report` answers: this worker's statistics, the other workers'
+        last published ones and the other replicas' last read (`refresh_fleet`), merged,
+        JSON-ready."""
         assert self.stats is not None
         now = self.clock()
         for model in self.models:
             # A configured model with no traffic yet still gets its row (all n/a); a
             # weight that changed since the last request gets its point.
             self.stats.note_rollout(model, now)
-        peers = self._peers()
-        snapshot = self.stats.snapshot(now, peers)
+        workers = self._peers()
+        others = self._replica_peers
+        snapshot = self.stats.snapshot(now, [*workers, *others.values()])
         if self._fleet is not None:
             for model, view in snapshot["models"].items():
                 view["gate_window"] = self._fleet(model)
-        return {"version": __version__, "workers": 1 + len(peers), **snapshot}
+        sharing = self._fleet_stats
+        return {
+            "version": __version__,
+            "workers": 1 + len(workers),
+            "replicas": 1 + len({replica_of(member) for member in others}),
+            "replicas_reachable": sharing is None or sharing.reachable,
+            **snapshot,
+        }
 
     def set_fleet_source(
         self, source: FleetSource, refresh: Callable[[], Awaitable[None]] | None = None
@@ -282,7 +297,13 @@ class Hub:
         self._fleet = source
         self._fleet_refresh = refresh
 
+    def share_stats(self, sharing: FleetStats) -> None:
+        """Merge the other replicas' statistics, as `sharing` reads them, into the report."""
+        self._fleet_stats = sharing
+
     async def refresh_fleet(self) -> None:
-        """Fetch the other replicas' newest window slots before a report."""
+        """Fetch the other replicas' newest window slots and statistics before a report."""
         if self._fleet_refresh is not None:
             await self._fleet_refresh()
+        if self._fleet_stats is not None:
+            self._replica_peers = await self._fleet_stats.peers()

@@ -107,6 +107,16 @@ def test_json_and_csv_carry_the_same_figures() -> None:
     assert clients[0]["last_seen"] == "2027-01-15T08:00:00Z"
 
 
+def test_the_table_says_what_it_merged_and_when_other_replicas_are_left_out() -> None:
+    alone = render_table({**snapshot(), "replicas": 1, "workers": 1, "replicas_reachable": True})
+    assert "replicas" not in alone.splitlines()[0]
+    assert "THIS REPLICA ONLY" not in alone
+    fleet = render_table({**snapshot(), "replicas": 3, "workers": 2})
+    assert fleet.splitlines()[0].endswith("(HDR, 2 figures), 3 replicas, 2 workers")
+    cut_off = render_table({**snapshot(), "replicas": 1, "replicas_reachable": False})
+    assert cut_off.splitlines()[1].startswith("THIS REPLICA ONLY: the state store did not answer")
+
+
 def test_table_with_no_models() -> None:
     report = {**snapshot(), "models": {}}
     assert "no models have been called yet" in render_table(report)

@@ -100,6 +100,24 @@ async def test_heartbeats_are_listed_until_they_expire_or_leave(store: StateStor
     assert await store.replicas() == []
 
 
+async def test_statistics_are_kept_per_process_until_they_expire_or_are_dropped(
+    store: StateStore,
+) -> None:
+    await store.publish_stats("b#12", {"t": 1.0, "slots": []}, 30)
+    await store.publish_stats("a", {"t": 2.0, "slots": [1]}, 0.2)
+    await store.publish_stats("a", {"t": 3.0, "slots": [2]}, 0.2)  # the newest wins
+    assert await store.fleet_stats() == {
+        "a": {"t": 3.0, "slots": [2]},
+        "b#12": {"t": 1.0, "slots": []},
+    }
+    # Apart from the replica records, though keyed alike.
+    assert await store.replicas() == []
+    await anyio.sleep(0.3)
+    assert list(await store.fleet_stats()) == ["b#12"]
+    await store.drop_stats("b#12")
+    assert await store.fleet_stats() == {}
+
+
 # --- three replicas on one Redis ---------------------------------------------------------
 
 Fleet = Callable[..., Awaitable[list[Cutover]]]

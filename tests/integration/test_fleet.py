@@ -528,6 +528,14 @@ def test_status_on_any_replica_shows_the_same_fleet_window(fleet: Fleet) -> None
     print(f"\nstatus windows: {merged}")
     assert merged[0]["legacy_calls"] >= 60
     assert merged[0] == merged[1] == merged[2]
+    # The migration report too covers the fleet on any replica: its shadow comparisons
+    # since each replica started (untouched by the window's edge) add up every replica's.
+    reports = [_admin(r, "GET", "/admin/report") for r in fleet.replicas.values()]
+    compared = [sum(d["models"]["iris"]["parity"]["total"].values()) for d in reports]
+    print(f"report: shadow results since start {compared}")
+    assert [(d["replicas"], d["replicas_reachable"]) for d in reports] == [(3, True)] * 3
+    assert compared[0] >= 60
+    assert compared[0] == compared[1] == compared[2]
 
 
 def _window_of(status: dict[str, Any]) -> dict[str, Any]:

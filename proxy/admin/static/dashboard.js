@@ -298,7 +298,9 @@
     meta.textContent =
       `window ${report.window_s} s · slot ${report.slot_s} s · ` +
       `${report.significant_figures} significant figures · updated ${clock(report.now)} UTC · ` +
-      `refresh every ${REFRESH_S} s · serving-proxy ${report.version}`;
+      `refresh every ${REFRESH_S} s · serving-proxy ${report.version}` +
+      (report.replicas > 1 ? ` · ${report.replicas} replicas` : "") +
+      (report.replicas_reachable === false ? " · THIS REPLICA ONLY (state store unreachable)" : "");
     const tbody = document.querySelector("#summary tbody");
     tbody.replaceChildren();
     const main = document.getElementById("models");
