@@ -4,8 +4,10 @@ inventory included, and says so when the store is out."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -60,10 +62,11 @@ def test_a_member_id_names_its_replica() -> None:
 
 @pytest.mark.usefixtures("reset_simulators")
 async def test_the_report_on_any_replica_covers_the_fleet(
-    serverless: LiveServer, legacy: LiveServer
+    serverless: LiveServer, legacy: LiveServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     if not available():
         pytest.skip(MISSING)
+    caplog.set_level(logging.WARNING, logger="serving_proxy")
     with RedisServer() as redis:
         configs = [config(serverless, legacy, name, redis.url) for name in ("pa", "pb")]
         async with serving(*configs) as (a, b):
@@ -84,11 +87,15 @@ async def test_the_report_on_any_replica_covers_the_fleet(
                 backends = data["models"]["iris"]["backends"]
                 assert backends["legacy"]["requests"] + backends["serverless"]["requests"] == 60
 
-            # The store out: each report is its replica's own figures, and says so.
+            # The store out: each report is its replica's own figures, and says so; each
+            # replica says once that it cannot publish, however many slots it tries.
             redis.halt()
             data = await report(a)
             assert (data["replicas"], data["replicas_reachable"]) == (1, False)
             assert data["models"]["iris"]["requests"] == 30
+            await anyio.sleep(3.5)
+            said = [r for r in caplog.records if "report statistics not shared" in r.message]
+            assert sorted(r.levelname for r in said) == ["WARNING", "WARNING"]
 
 
 @pytest.mark.usefixtures("reset_simulators")
