@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from proxy import jsoncodec
 from proxy.cli.client import DEFAULT_TIMEOUT_S, DEFAULT_URL, URL_ENV, AdminClient, CliError
+from proxy.cli.table import table_lines
 from proxy.config import ADMIN_TOKEN_ENV
 
 
@@ -140,7 +141,7 @@ def _note(view: Mapping[str, Any]) -> str:
 
 def print_status(views: list[Mapping[str, Any]], out: TextIO) -> None:
     """A table: one line per model."""
-    rows = [("MODEL", "SERVERLESS", "SHADOW", "ROLLOUT", "PARITY", "NOTE")]
+    rows = []
     for view in views:
         parity = view.get("parity", {})
         rate = parity.get("rate")
@@ -155,10 +156,9 @@ def print_status(views: list[Mapping[str, Any]], out: TextIO) -> None:
                 _note(view),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)]
-        print("  ".join([*cells, row[5]]).rstrip(), file=out)
+    header = ("MODEL", "SERVERLESS", "SHADOW", "ROLLOUT", "PARITY", "NOTE")
+    for line in table_lines(header, rows, indent="", align="l" * len(header)):
+        print(line, file=out)
 
 
 def probe_line(probe: Mapping[str, Any]) -> str:
@@ -214,7 +214,7 @@ def print_replicas(
     data: Mapping[str, Any], leader: Mapping[str, Any] | None, out: TextIO, now: float
 ) -> None:
     """A table: one line per replica (the one that answered marked `*`), then who leads."""
-    rows = [("REPLICA", "HOST", "VERSION", "STATE", "HEARTBEAT", "IN-FLIGHT", "NOTE")]
+    rows = []
     for record in data["replicas"]:
         notes = [
             note
@@ -233,10 +233,9 @@ def print_replicas(
                 ", ".join(notes),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(6)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:6], widths, strict=True)]
-        print("  ".join([*cells, row[6]]).rstrip(), file=out)
+    header = ("REPLICA", "HOST", "VERSION", "STATE", "HEARTBEAT", "IN-FLIGHT", "NOTE")
+    for line in table_lines(header, rows, indent="", align="l" * len(header)):
+        print(line, file=out)
     if not data["store_reachable"]:
         print("state store unreachable: this replica's own record only", file=out)
     if leader is None:

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from proxy import jsoncodec
 from proxy.cli.client import DEFAULT_TIMEOUT_S, DEFAULT_URL, AdminClient, CliError
+from proxy.cli.table import table_lines
 from proxy.config import ADMIN_TOKEN_ENV
 from proxy.telemetry.slots import EVENTS
 
@@ -172,23 +173,6 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def _table(
-    header: list[str], rows: list[list[str]], indent: str = "  ", align: str | None = None
-) -> list[str]:
-    """Columns padded to their widest cell; `align` says l or r per column (default: the
-    first to the left, names; the rest to the right, numbers)."""
-    align = align or "l" + "r" * (len(header) - 1)
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = []
-    for r in [header, *rows]:
-        cells = [
-            str(c).ljust(w) if a == "l" else str(c).rjust(w)
-            for c, w, a in zip(r, widths, align, strict=True)
-        ]
-        lines.append(indent + "  ".join(cells).rstrip())
-    return lines
-
-
 def render_table(report: Mapping[str, Any]) -> str:
     """The terminal report: per model, latency legacy vs serverless, the proxy's share,
     weight, rollout, parity and the legacy client inventory."""
@@ -219,7 +203,7 @@ def render_table(report: Mapping[str, Any]) -> str:
         rows.append(
             ["proxy (own)", "", "", _ms(view["proxy"]["p50"]), "", _ms(view["proxy"]["p99"])]
         )
-        lines += _table(["", "requests", "errors", "p50 ms", "p95 ms", "p99 ms"], rows)
+        lines += table_lines(["", "requests", "errors", "p50 ms", "p95 ms", "p99 ms"], rows)
         parity = view["parity"]
         compared = parity["match"] + parity["mismatch"]
         lines.append(
@@ -240,7 +224,7 @@ def render_table(report: Mapping[str, Any]) -> str:
             lines.append("  legacy clients: none seen")
             continue
         lines.append("  legacy clients (still calling /model/<name>/<version>/invocations):")
-        lines += _table(
+        lines += table_lines(
             ["client key", "identity", "requests", "last seen", "formats"],
             [
                 [
