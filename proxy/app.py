@@ -218,11 +218,9 @@ def share_stats(hub: Hub, runtime: Runtime) -> FleetStats | None:
     stats = hub.stats
     if stats is None:
         return None
-    cutover = runtime.cutover
     sharing = FleetStats(
-        cutover.store,
-        cutover.replica_id,
-        runtime.replica_id,
+        runtime.cutover.store,
+        runtime.cutover.replica_id,
         lambda: stats.export(hub.clock()),
         stats.settings.slot_s,
     )

@@ -49,8 +49,8 @@ class FleetStats:
 
     Args:
         store: the state store the replicas share.
-        member: this process's id in the store (`<replica id>#<pid>` with workers).
-        replica_id: this replica's id: its workers' entries are not read back.
+        member: this process's id in the store (`<replica id>#<pid>` with workers); its
+            replica's entries (its workers') are not read back.
         export: this process's window now (`Stats.export` at the current time).
         every_s: how often to publish (`reporting.slot`).
     """
@@ -59,13 +59,12 @@ class FleetStats:
         self,
         store: StatsStore,
         member: str,
-        replica_id: str,
         export: Callable[[], dict[str, Any]],
         every_s: float,
     ) -> None:
         self.store = store
         self.member = member
-        self.replica_id = replica_id
+        self.replica_id = replica_of(member)
         self.export = export
         self.every_s = every_s
         self.reachable = True
